@@ -1,0 +1,10 @@
+"""curate: turn problems with reference answers into clean reasoning-distillation training sets."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("curate")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

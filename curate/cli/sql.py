@@ -1,0 +1,76 @@
+"""`curate sql RUN_DIR "SELECT …"`: query a run's views and print or save the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import typer
+from rich.table import Table
+
+from curate.cli.common import Format, handle_errors, out
+from curate.errors import CurateError
+
+
+@handle_errors
+def sql(
+    run_dir: Path = typer.Argument(..., help="a run directory (runs/<name> beside the spec)"),
+    query: str = typer.Argument(
+        None, help="SQL over the views: pool, problems, traces, dropped, stage_<op>, sft, …"
+    ),
+    format: Format = typer.Option(Format.table, "--format", "-f", help="output format"),
+    output: Path = typer.Option(None, "--output", "-o", help="write the result to this file"),
+    max_rows: int = typer.Option(50, "--max-rows", help="rows shown in table format"),
+) -> None:
+    """Run SQL over a run directory. With no query, list the views and their row counts."""
+    from curate.sql import connect, view_names
+
+    con = connect(run_dir)
+    if query is None:
+        table = Table("view", "rows", box=None)
+        for view in view_names(con):
+            count = con.execute(f"SELECT count(*) FROM {view}").fetchone()
+            table.add_row(view, f"{count[0] if count else 0:,}")
+        out.print(table)
+        return
+    try:
+        relation = con.sql(query)
+    except duckdb.Error as exc:
+        raise CurateError(f"SQL error: {exc}") from None
+    if relation is None:
+        return
+    if format is Format.parquet:
+        if output is None:
+            raise CurateError("--format parquet needs --output FILE")
+        relation.write_parquet(str(output))
+        return
+    if format is Format.table and output is None:
+        _print_table(relation, max_rows)
+        return
+    frame = relation.pl()
+    text = frame.write_csv() if format is Format.csv else frame.write_ndjson()
+    if format is Format.table:  # table into a file: CSV is the honest text form
+        text = frame.write_csv()
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
+def _print_table(relation: duckdb.DuckDBPyRelation, max_rows: int) -> None:
+    table = Table(*relation.columns, show_lines=False)
+    rows = relation.limit(max_rows + 1).fetchall()
+    for row in rows[:max_rows]:
+        table.add_row(*[_cell(v) for v in row])
+    out.print(table)
+    if len(rows) > max_rows:
+        out.print(f"[dim](more than {max_rows} rows; use --max-rows or --format csv)[/dim]")
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "∅"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "…"

@@ -1,0 +1,351 @@
+"""The engine: runs a validated spec stage by stage into a run directory.
+
+Each stage's output is a folder `stages/<stage_id>/` of Parquet parts, its dropped rows
+(`dropped.parquet`) and `stage.json` (fingerprint, params, counts). A stage's fingerprint hashes
+its operator, version and params with its input's fingerprint, so a re-run reuses every stage
+whose fingerprint is unchanged and re-runs only the first changed one and those after it. A
+folder appears under its final name only when complete (see parquet_io.atomic_dir), so a build
+killed at any moment resumes from the last finished stage and never reads a half-written file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate import __version__
+from curate.errors import RunDirError
+from curate.inputs import read_input
+from curate.operators import DROP_DETAIL, DROP_REASON, OpResult, Scope, StageContext, params_json
+from curate.parquet_io import (
+    PartWriter,
+    atomic_dir,
+    clean_leftovers,
+    count_rows,
+    iter_batches,
+    part_files,
+    read_parts,
+    to_arrow,
+    write_table,
+)
+from curate.progress import SilentReporter
+from curate.schemas.pool import DROP_COLUMNS, POOL_SCHEMA
+from curate.spec import LoadedSpec, Step
+from curate.stats import StageStats
+
+INPUT_STAGE = "00-input"
+INPUT_READER_VERSION = "1"
+BATCH_ROWS = 20_000
+STAGE_FILE = "stage.json"
+DROPPED_FILE = "dropped.parquet"
+REJECTS_FILE = "rejects.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def new_run_id() -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    def stage(self, stage_id: str) -> Path:
+        return self.stages / stage_id
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST_FILE
+
+
+def read_stage_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        record: dict[str, Any] = json.loads((folder / STAGE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return record
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{root}: another build is using this run directory") from None
+        yield
+
+
+class Build:
+    """One `curate build`: input, steps, exports, manifest."""
+
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        *,
+        reporter: SilentReporter | None = None,
+        force: bool = False,
+        workers: int | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.reporter = reporter or SilentReporter()
+        self.force = force
+        self.paths = RunPaths(loaded.run_dir)
+        self.run_id = new_run_id()
+        self.workers = workers or loaded.spec.workers or max(1, os.cpu_count() or 1)
+
+    def lineage(self, stage_id: str, stage_fingerprint: str) -> dict[str, str]:
+        return {
+            "run_id": self.run_id,
+            "spec_hash": self.loaded.spec_hash,
+            "version": __version__,
+            "stage": stage_id,
+            "fingerprint": stage_fingerprint,
+        }
+
+    def run(self) -> dict[str, Any]:
+        from curate.export import export_outputs
+        from curate.manifest import build_manifest
+
+        with _locked(self.paths.root):
+            left = clean_leftovers(self.paths.stages)
+            if left:
+                self.reporter.message(
+                    f"removed {left} unfinished stage folder(s) of a build that did not finish"
+                )
+            records = [self._input_stage()]
+            for step in self.loaded.steps:
+                records.append(self._step_stage(step, records[-1]))
+            outputs = export_outputs(self, records)
+            manifest = build_manifest(self, records, outputs)
+            write_json_atomic(self.paths.manifest, manifest)
+            (self.paths.root / "spec.yaml").write_text(self.loaded.text)
+            for output in outputs.values():
+                write_json_atomic(Path(output["path"]) / MANIFEST_FILE, manifest)
+            self.reporter.funnel(records, outputs)
+            return manifest
+
+    # --- stages -------------------------------------------------------------------------
+
+    def _reusable(self, folder: Path, stage_fingerprint: str) -> dict[str, Any] | None:
+        if self.force:
+            return None
+        record = read_stage_record(folder)
+        if record is None or record.get("fingerprint") != stage_fingerprint:
+            return None
+        if not part_files(folder):
+            return None
+        return record
+
+    def _input_stage(self) -> dict[str, Any]:
+        spec = self.loaded.spec.input
+        path = self.loaded.resolve(spec.path)
+        digest = file_sha256(path) if path.is_file() else "missing"
+        stage_fingerprint = fingerprint(
+            {
+                "stage": "input",
+                "version": INPUT_READER_VERSION,
+                "params": spec.model_dump(mode="json", by_alias=True),
+                "sha256": digest,
+            }
+        )
+        folder = self.paths.stage(INPUT_STAGE)
+        reused = self._reusable(folder, stage_fingerprint)
+        if reused is not None:
+            return self._reused(reused)
+        self.reporter.stage_started(INPUT_STAGE, None)
+        started = time.perf_counter()
+        result = read_input(spec, base_dir=self.loaded.base_dir)
+        stats = StageStats(
+            rows_in=result.frame.height + result.rejects.height,
+            rows_out=result.frame.height,
+            dropped_by_reason=Counter({"bad_row": result.rejects.height})
+            if result.rejects.height
+            else Counter(),
+        )
+        with atomic_dir(folder) as tmp:
+            writer = PartWriter(
+                tmp / "part-00000.parquet",
+                metadata=self.lineage(INPUT_STAGE, stage_fingerprint),
+                schema=POOL_SCHEMA,
+            )
+            writer.write(result.frame)
+            writer.close()
+            if result.rejects.height:
+                write_table(
+                    tmp / REJECTS_FILE,
+                    result.rejects.to_arrow(),
+                    metadata=self.lineage(INPUT_STAGE, stage_fingerprint),
+                )
+            stats.seconds = time.perf_counter() - started
+            record = {
+                "stage_id": INPUT_STAGE,
+                "operator": "input",
+                "version": INPUT_READER_VERSION,
+                "params": spec.model_dump(mode="json", by_alias=True),
+                "fingerprint": stage_fingerprint,
+                "input": {"path": str(result.path), "sha256": result.sha256},
+                "stats": stats.to_json(),
+                "run_id": self.run_id,
+            }
+            (tmp / STAGE_FILE).write_text(json.dumps(record, indent=2))
+        if result.rejects.height:
+            self.reporter.message(
+                f"[yellow]skipped {result.rejects.height:,} bad row(s) of {result.path.name}; "
+                f"reasons are in {folder / REJECTS_FILE} (SQL view: rejects)[/yellow]"
+            )
+        return self._ran(record)
+
+    def _step_stage(self, step: Step, previous: dict[str, Any]) -> dict[str, Any]:
+        op_cls = step.operator
+        params = params_json(step.params)
+        stage_fingerprint = fingerprint(
+            {
+                "operator": op_cls.name,
+                "version": op_cls.version,
+                "params": params,
+                "input": previous["fingerprint"],
+            }
+        )
+        folder = self.paths.stage(step.stage_id)
+        reused = self._reusable(folder, stage_fingerprint)
+        if reused is not None:
+            return self._reused(reused)
+        context = StageContext(
+            stage_id=step.stage_id,
+            seed=self.loaded.spec.seed,
+            base_dir=self.loaded.base_dir,
+            cache_dir=self.paths.cache / op_cls.name,
+            workers=self.workers,
+        )
+        operator = op_cls(step.params, context=context)
+        source = self.paths.stage(previous["stage_id"])
+        total = count_rows(source)
+        self.reporter.stage_started(step.stage_id, total)
+        started = time.perf_counter()
+        stats = StageStats()
+        metadata = self.lineage(step.stage_id, stage_fingerprint)
+        with atomic_dir(folder) as tmp:
+            kept_writer = PartWriter(
+                tmp / "part-00000.parquet", metadata=metadata, schema=POOL_SCHEMA
+            )
+            dropped_frames: list[pl.DataFrame] = []
+            batches: Iterator[pl.DataFrame]
+            if op_cls.scope is Scope.BATCH:
+                batches = iter_batches(source, batch_rows=BATCH_ROWS)
+            else:
+                batches = iter([read_parts(source)])
+            wrote_any = False
+            for batch in batches:
+                result = operator.run(batch)
+                stats = stats + _batch_stats(batch, result)
+                if result.kept.height or not wrote_any:
+                    kept_writer.write(result.kept)
+                    wrote_any = True
+                if result.dropped.height:
+                    dropped_frames.append(result.dropped)
+                self.reporter.advance(batch.height)
+            kept_writer.close()
+            if dropped_frames:
+                dropped = pl.concat(dropped_frames, how="diagonal_relaxed").with_columns(
+                    pl.lit(step.stage_id).alias("drop_stage")
+                )
+                write_table(tmp / DROPPED_FILE, _dropped_arrow(dropped), metadata=metadata)
+            stats.seconds = time.perf_counter() - started
+            record = {
+                "stage_id": step.stage_id,
+                "operator": op_cls.name,
+                "version": op_cls.version,
+                "params": params,
+                "fingerprint": stage_fingerprint,
+                "input_fingerprint": previous["fingerprint"],
+                "stats": stats.to_json(),
+                "run_id": self.run_id,
+            }
+            (tmp / STAGE_FILE).write_text(json.dumps(record, indent=2))
+        return self._ran(record)
+
+    def _ran(self, record: dict[str, Any]) -> dict[str, Any]:
+        entry = {**record, "status": "ran"}
+        self.reporter.stage_finished(entry)
+        return entry
+
+    def _reused(self, record: dict[str, Any]) -> dict[str, Any]:
+        entry = {**record, "status": "reused"}
+        self.reporter.stage_finished(entry)
+        return entry
+
+
+def _batch_stats(batch: pl.DataFrame, result: OpResult) -> StageStats:
+    reasons: Counter[str] = Counter()
+    if result.dropped.height:
+        counts = result.dropped.group_by(DROP_REASON).len()
+        reasons = Counter(
+            dict(zip(counts[DROP_REASON].to_list(), counts["len"].to_list(), strict=True))
+        )
+    return StageStats(rows_in=batch.height, rows_out=result.kept.height, dropped_by_reason=reasons)
+
+
+def _dropped_arrow(dropped: pl.DataFrame) -> Any:
+    """Dropped rows as Arrow: pool columns typed as declared, then the drop columns."""
+    drop_names = [f.name for f in DROP_COLUMNS] + [DROP_DETAIL]
+    body = to_arrow(dropped.drop([c for c in drop_names if c in dropped.columns]))
+    tail = dropped.select([c for c in drop_names if c in dropped.columns]).to_arrow()
+    for name in tail.column_names:
+        body = body.append_column(name, tail.column(name))
+    return body
+
+
+def stage_folders(run_dir: Path) -> list[dict[str, Any]]:
+    """The stages of the last finished build of a run directory, from its manifest."""
+    manifest_path = run_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(
+            f"{run_dir}: no {MANIFEST_FILE} here; is this a run directory of a finished "
+            "`curate build`? (runs live in runs/<name> beside the spec unless `run_dir` is set)"
+        ) from None
+    stages: list[dict[str, Any]] = manifest["stages"]
+    return stages

@@ -1,0 +1,123 @@
+"""SQL over a run directory: a DuckDB connection with views over the run's Parquet files.
+
+Views: `pool` (the last stage's rows), `stage_<operator>` per stage (`stage_input` for the input;
+a repeated operator gets `_2`, `_3`), `dropped` (every stage's dropped rows with drop_stage,
+drop_reason, drop_detail), `traces` (every row that entered the last stage's lineage: the pool
+plus everything dropped, with its fate), `problems` (one row per problem), `rejects` (bad input
+rows, when any were skipped) and one view per output (`sft`, `preference`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from curate.engine import DROPPED_FILE, REJECTS_FILE, stage_folders
+from curate.errors import RunDirError
+
+PROBLEM_COLUMNS = (
+    "source",
+    "domain",
+    "prompt",
+    "reference_answer",
+    "n_samples",
+    "n_judged",
+    "n_correct",
+    "pass_rate",
+    "cv_population",
+    "cv_sample",
+    "difficulty",
+)
+
+
+def _quote(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _columns(con: duckdb.DuckDBPyConnection, view: str) -> list[str]:
+    return [row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()]
+
+
+def stage_view_names(stage_ids: list[str]) -> dict[str, str]:
+    """stage id → view name: '03-select' → 'stage_select'; repeats get a suffix."""
+    names: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for stage_id in stage_ids:
+        base = "stage_" + stage_id.split("-", 1)[1].replace("-", "_")
+        seen[base] = seen.get(base, 0) + 1
+        names[stage_id] = base if seen[base] == 1 else f"{base}_{seen[base]}"
+    return names
+
+
+def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    root = Path(run_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
+    stages = stage_folders(root)
+    con = duckdb.connect()
+    views = stage_view_names([s["stage_id"] for s in stages])
+    dropped_files = []
+    for stage in stages:
+        folder = root / "stages" / stage["stage_id"]
+        con.execute(
+            f"CREATE VIEW {views[stage['stage_id']]} AS "
+            f"SELECT * FROM read_parquet({_quote(folder / 'part-*.parquet')})"
+        )
+        if (folder / DROPPED_FILE).exists():
+            dropped_files.append(folder / DROPPED_FILE)
+        if (folder / REJECTS_FILE).exists():
+            con.execute(
+                f"CREATE VIEW rejects AS SELECT * FROM read_parquet("
+                f"{_quote(folder / REJECTS_FILE)})"
+            )
+    con.execute(f"CREATE VIEW pool AS SELECT * FROM {views[stages[-1]['stage_id']]}")
+    if dropped_files:
+        files = ", ".join(_quote(f) for f in dropped_files)
+        con.execute(
+            f"CREATE VIEW dropped AS SELECT * FROM read_parquet([{files}], union_by_name = true)"
+        )
+        con.execute(
+            "CREATE VIEW traces AS SELECT *, NULL::VARCHAR AS drop_stage, "
+            "NULL::VARCHAR AS drop_reason, NULL::VARCHAR AS drop_detail FROM pool "
+            "UNION ALL BY NAME SELECT * FROM dropped"
+        )
+    else:
+        con.execute(
+            "CREATE VIEW dropped AS SELECT *, NULL::VARCHAR AS drop_stage, NULL::VARCHAR AS "
+            "drop_reason, NULL::VARCHAR AS drop_detail FROM pool WHERE false"
+        )
+        con.execute(
+            "CREATE VIEW traces AS SELECT * FROM dropped UNION ALL BY NAME SELECT * FROM pool"
+        )
+    present = set(_columns(con, "traces"))
+    picked = ", ".join(
+        f"any_value({c}) FILTER (WHERE {c} IS NOT NULL) AS {c}"
+        for c in PROBLEM_COLUMNS
+        if c in present
+    )
+    con.execute(
+        f"CREATE VIEW problems AS SELECT problem_id, {picked}, count(*) AS n_rows, "
+        "count(*) FILTER (WHERE drop_stage IS NULL) AS n_kept, "
+        "mode(drop_stage) AS dropped_mostly_at FROM traces GROUP BY problem_id"
+    )
+    _output_views(con, root)
+    return con
+
+
+def _output_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    import json
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    for kind, output in manifest.get("outputs", {}).items():
+        folder = Path(output["path"])
+        if folder.is_dir() and any(folder.glob("*.parquet")):
+            con.execute(
+                f"CREATE VIEW {kind} AS SELECT * FROM read_parquet({_quote(folder / '*.parquet')})"
+            )
+
+
+def view_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+    rows = con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name"
+    ).fetchall()
+    return [r[0] for r in rows]

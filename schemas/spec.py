@@ -1,0 +1,139 @@
+"""The spec model: what one `spec.yaml` may say. Steps are validated against each operator's own
+params model (see curate.spec); here they are kept as `{operator: params}` mappings."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BadRows = Literal["fail", "skip"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ColumnMap(Strict):
+    """Which source column holds each pool field. Only `prompt` is required.
+
+    For trace pools made elsewhere, map `completion`: a string column gives one row per trace;
+    a list column gives one row per problem with its generations, and `label`, `reasoning`,
+    `finish_reason` and `model` may then be list columns of the same length."""
+
+    prompt: str = Field(description="column with the problem text")
+    id: str | None = Field(None, description="column with a stable problem id (default: hash)")
+    answer: str | None = Field(None, description="column with the reference answer")
+    domain: str | None = None
+    system_prompt: str | None = Field(None, description="column with a system prompt")
+    meta: list[str] = Field(default_factory=list, description="columns kept in problem_meta JSON")
+    completion: str | None = Field(None, description="trace text (string, or list per problem)")
+    reasoning: str | None = Field(None, description="separate think part, when there is one")
+    label: str | None = Field(None, description="correctness flag shipped with the traces")
+    model: str | None = Field(None, description="column naming the model of each trace")
+    finish_reason: str | None = None
+    trace_id: str | None = None
+
+
+class InputSpec(Strict):
+    """A problem file (JSONL, Parquet or CSV) or a pool of traces made elsewhere."""
+
+    path: str = Field(description="file path, relative to the spec file")
+    format: Literal["jsonl", "parquet", "csv"] | None = Field(
+        None, description="default: from the file extension"
+    )
+    columns: ColumnMap
+    source: str | None = Field(None, description="name recorded in `source` (default: file stem)")
+    model: str | None = Field(None, description="model that wrote imported traces, if no column")
+    on_bad_rows: BadRows = Field(
+        "fail", description="fail: stop at the first bad row; skip: write it to rejects and go on"
+    )
+    limit: int | None = Field(None, ge=1, description="read only the first N rows")
+
+
+class SFTOutput(Strict):
+    """Chat-format SFT set: `messages` plus ids, difficulty, pass rate and token counts."""
+
+    path: str
+    from_stage: str | None = Field(
+        None, alias="from", description="stage whose pool to export (default: the last)"
+    )
+    only_correct: bool = Field(True, description="export only traces whose verdict is true")
+    reasoning: Literal["think_tags", "omit"] = Field(
+        "think_tags", description="how a separate reasoning part enters the assistant message"
+    )
+    shard_rows: int = Field(100_000, ge=1, description="rows per Parquet shard")
+
+
+class PreferenceOutput(Strict):
+    """Preference pairs by REDI's rule: first correct trace vs first incorrect, per problem."""
+
+    path: str
+    from_stage: str | None = Field(
+        None, alias="from", description="stage whose pool to pair (default: the last)"
+    )
+    chosen: Literal["correct"] = "correct"
+    rejected: Literal["incorrect"] = "incorrect"
+    max_prompt_tokens: int | None = Field(None, ge=1, description="REDI uses 800")
+    max_response_tokens: int | None = Field(None, ge=1, description="REDI uses 19000")
+    tokenizer: str = Field("approximate", description="'approximate' or a path to a tokenizer.json")
+    reasoning: Literal["think_tags", "omit"] = "think_tags"
+    shard_rows: int = Field(100_000, ge=1)
+
+
+class OutputsSpec(Strict):
+    sft: SFTOutput | None = None
+    preference: PreferenceOutput | None = None
+
+
+class Spec(Strict):
+    """One build: where problems come from, the steps, and what to write."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run")
+    seed: int = 0
+    run_dir: str | None = Field(None, description="default: runs/<name> beside the spec")
+    workers: int | None = Field(None, ge=1, description="processes for CPU-bound steps")
+    input: InputSpec
+    steps: list[dict[str, Any]] = Field(
+        default_factory=list, description="operators in order, each `- name: {params}`"
+    )
+    outputs: OutputsSpec = Field(default_factory=OutputsSpec)
+
+    @model_validator(mode="after")
+    def _step_shape(self) -> Spec:
+        for index, step in enumerate(self.steps):
+            if len(step) != 1:
+                raise ValueError(
+                    f"steps[{index}] must be a mapping with exactly one operator name, "
+                    f"got keys {sorted(step)}"
+                )
+        return self
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """JSON Schema of a spec file, each step validated by its operator's params model."""
+    from curate.registry import get_operator, operator_names
+
+    schema = Spec.model_json_schema(by_alias=True)
+    defs: dict[str, Any] = schema.setdefault("$defs", {})
+    variants = []
+    for name in operator_names():
+        params_model = get_operator(name).params_model
+        params_schema = params_model.model_json_schema(
+            by_alias=True, ref_template="#/$defs/{model}"
+        )
+        defs.update(params_schema.pop("$defs", {}))
+        title = f"{name}_params"
+        defs[title] = params_schema
+        variants.append(
+            {
+                "type": "object",
+                "properties": {name: {"anyOf": [{"$ref": f"#/$defs/{title}"}, {"type": "null"}]}},
+                "required": [name],
+                "additionalProperties": False,
+            }
+        )
+    schema["properties"]["steps"]["items"] = {"oneOf": variants}
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://github.com/curate/curate/schemas/spec.schema.json"
+    return schema

@@ -1,0 +1,135 @@
+"""Spec validation: every error names the YAML line and column, the field, what was expected,
+and for unknown names the closest valid one; `curate validate` exits 2 on an invalid spec."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from curate.cli.main import app
+from curate.errors import SpecError
+from curate.spec import load_spec
+from tests.conftest import QUICKSTART, QUICKSTART_INPUT
+
+GOOD = (
+    "name: t\n"
+    + QUICKSTART_INPUT
+    + """\
+steps:
+  - verify: {method: math}
+  - grade: {}
+  - prune: {max_tokens: 512, per_problem: 1}
+outputs:
+  sft: {path: out/sft}
+"""
+)
+
+WriteSpec = Callable[[str], Path]
+
+
+def errors_of(path: Path) -> str:
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    return str(caught.value)
+
+
+def test_good_spec_loads_and_resolves_paths(write_spec: WriteSpec) -> None:
+    path = write_spec(GOOD)
+    loaded = load_spec(path)
+    assert [s.stage_id for s in loaded.steps] == ["01-verify", "02-grade", "03-prune"]
+    assert loaded.resolve(loaded.spec.input.path) == path.parent / "data" / "math_cot_100.jsonl"
+    assert loaded.run_dir == path.parent / "runs" / "t"
+
+
+def test_quickstart_spec_is_valid() -> None:
+    loaded = load_spec(QUICKSTART / "spec.yaml")
+    assert loaded.spec.outputs.preference is not None
+
+
+def test_spec_hash_ignores_comments_and_layout(write_spec: WriteSpec) -> None:
+    first = load_spec(write_spec(GOOD)).spec_hash
+    second = load_spec(write_spec("# a comment\n" + GOOD.replace("{}", "{ }"))).spec_hash
+    changed = load_spec(write_spec(GOOD.replace("512", "513"))).spec_hash
+    assert first == second != changed
+
+
+def test_unknown_operator_names_line_and_closest(write_spec: WriteSpec) -> None:
+    message = errors_of(write_spec(GOOD.replace("- verify:", "- verfy:")))
+    assert "spec.yaml:15:5: steps[0]: unknown operator 'verfy' (did you mean 'verify'?)" in message
+
+
+def test_wrong_type_names_field_expected_and_got(write_spec: WriteSpec) -> None:
+    message = errors_of(write_spec(GOOD.replace("per_problem: 1", "per_problem: two")))
+    assert "spec.yaml:17:" in message
+    assert "steps[2].prune.per_problem" in message
+    assert "valid integer" in message and "'two'" in message
+
+
+def test_unknown_key_suggests_closest(write_spec: WriteSpec) -> None:
+    message = errors_of(write_spec(GOOD.replace("  columns:", "  colums:")))
+    assert "spec.yaml:6:3: input.colums: unknown key (did you mean 'columns'?)" in message
+
+
+def test_unknown_operator_param_suggests_closest(write_spec: WriteSpec) -> None:
+    message = errors_of(write_spec(GOOD.replace("per_problem:", "per_problm:")))
+    assert "steps[2].prune.per_problm: unknown key (did you mean 'per_problem'?)" in message
+
+
+def test_missing_field_is_named(write_spec: WriteSpec) -> None:
+    message = errors_of(write_spec(GOOD.replace("    prompt: question\n", "")))
+    assert "input.columns: missing required field 'prompt'" in message
+    assert "spec.yaml:6:3:" in message  # points at the mapping that lacks it
+
+
+def test_yaml_syntax_error_has_position(write_spec: WriteSpec) -> None:
+    message = errors_of(write_spec(GOOD.replace("  - grade: {}", "  - grade: {]")))
+    assert "spec.yaml:16:13: YAML syntax error" in message
+
+
+def test_every_problem_is_reported_at_once(write_spec: WriteSpec) -> None:
+    text = GOOD.replace("- verify:", "- verfy:").replace("  columns:", "  colums:")
+    message = errors_of(write_spec(text))
+    assert "invalid spec (3 problems)" in message  # the misspelt key also leaves one missing
+    assert (
+        "unknown operator 'verfy'" in message and "unknown key (did you mean 'columns'?)" in message
+    )
+    assert "input: missing required field 'columns'" in message
+
+
+def test_output_from_must_name_a_stage(write_spec: WriteSpec) -> None:
+    message = errors_of(write_spec(GOOD.replace("{path: out/sft}", "{path: out/sft, from: grde}")))
+    assert "outputs.sft.from: 'grde' names no step (did you mean 'grade'?)" in message
+
+
+def test_bad_band_bounds_are_rejected_at_validation(write_spec: WriteSpec) -> None:
+    text = GOOD.replace("grade: {}", "grade: {bands: {easy: [0.5, 1.0], hard: [0.0, 0.6]}}")
+    message = errors_of(write_spec(text))
+    assert "steps[1].grade" in message
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (("- verify:", "- verfy:"), "did you mean 'verify'"),
+        (("per_problem: 1", "per_problem: two"), "valid integer"),
+        (("  columns:", "  colums:"), "did you mean 'columns'"),
+        (("    prompt: question\n", ""), "missing required field 'prompt'"),
+        (("  - grade: {}", "  - grade: {]"), "YAML syntax error"),
+    ],
+)
+def test_cli_validate_exits_2_with_the_message(
+    write_spec: WriteSpec, change: tuple[str, str], fragment: str
+) -> None:
+    path = write_spec(GOOD.replace(*change))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+
+
+def test_cli_validate_ok(write_spec: WriteSpec) -> None:
+    result = CliRunner().invoke(app, ["validate", str(write_spec(GOOD))])
+    assert result.exit_code == 0, result.output
+    assert "01-verify" in result.output
