@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean schema
+.PHONY: demo test lint install clean docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-schema: $(STAMP)
+# Regenerate the files made from the code (tests check they are current).
+docs: $(STAMP)
 	$(BIN)/curate schema --output schemas/spec.schema.json
+	$(BIN)/curate ops --markdown > docs/reference.md
 
 clean:
 	rm -rf $(VENV) examples/quickstart/runs examples/quickstart/out

@@ -24,15 +24,15 @@ class ColumnMap(Strict):
     prompt: str = Field(description="column with the problem text")
     id: str | None = Field(None, description="column with a stable problem id (default: hash)")
     answer: str | None = Field(None, description="column with the reference answer")
-    domain: str | None = None
+    domain: str | None = Field(None, description="column with a domain label (math, code, …)")
     system_prompt: str | None = Field(None, description="column with a system prompt")
     meta: list[str] = Field(default_factory=list, description="columns kept in problem_meta JSON")
     completion: str | None = Field(None, description="trace text (string, or list per problem)")
     reasoning: str | None = Field(None, description="separate think part, when there is one")
     label: str | None = Field(None, description="correctness flag shipped with the traces")
     model: str | None = Field(None, description="column naming the model of each trace")
-    finish_reason: str | None = None
-    trace_id: str | None = None
+    finish_reason: str | None = Field(None, description="column with each trace's finish reason")
+    trace_id: str | None = Field(None, description="column with a trace id (default: hash)")
 
 
 class InputSpec(Strict):
@@ -42,7 +42,7 @@ class InputSpec(Strict):
     format: Literal["jsonl", "parquet", "csv"] | None = Field(
         None, description="default: from the file extension"
     )
-    columns: ColumnMap
+    columns: ColumnMap = Field(description="which source column holds each pool field")
     source: str | None = Field(None, description="name recorded in `source` (default: file stem)")
     model: str | None = Field(None, description="model that wrote imported traces, if no column")
     on_bad_rows: BadRows = Field(
@@ -54,7 +54,7 @@ class InputSpec(Strict):
 class SFTOutput(Strict):
     """Chat-format SFT set: `messages` plus ids, difficulty, pass rate and token counts."""
 
-    path: str
+    path: str = Field(description="folder the Parquet shards, manifest and spec go to")
     from_stage: str | None = Field(
         None, alias="from", description="stage whose pool to export (default: the last)"
     )
@@ -68,36 +68,40 @@ class SFTOutput(Strict):
 class PreferenceOutput(Strict):
     """Preference pairs by REDI's rule: first correct trace vs first incorrect, per problem."""
 
-    path: str
+    path: str = Field(description="folder the Parquet shards, manifest and spec go to")
     from_stage: str | None = Field(
         None, alias="from", description="stage whose pool to pair (default: the last)"
     )
-    chosen: Literal["correct"] = "correct"
-    rejected: Literal["incorrect"] = "incorrect"
+    chosen: Literal["correct"] = Field("correct", description="the chosen side of a pair")
+    rejected: Literal["incorrect"] = Field("incorrect", description="the rejected side")
     max_prompt_tokens: int | None = Field(None, ge=1, description="REDI uses 800")
     max_response_tokens: int | None = Field(None, ge=1, description="REDI uses 19000")
     tokenizer: str = Field("approximate", description="'approximate' or a path to a tokenizer.json")
-    reasoning: Literal["think_tags", "omit"] = "think_tags"
-    shard_rows: int = Field(100_000, ge=1)
+    reasoning: Literal["think_tags", "omit"] = Field(
+        "think_tags", description="how a separate reasoning part enters the responses"
+    )
+    shard_rows: int = Field(100_000, ge=1, description="rows per Parquet shard")
 
 
 class OutputsSpec(Strict):
-    sft: SFTOutput | None = None
-    preference: PreferenceOutput | None = None
+    sft: SFTOutput | None = Field(None, description="write an SFT set")
+    preference: PreferenceOutput | None = Field(None, description="write preference pairs")
 
 
 class Spec(Strict):
     """One build: where problems come from, the steps, and what to write."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run")
-    seed: int = 0
+    seed: int = Field(0, description="seed for every random choice a step makes")
     run_dir: str | None = Field(None, description="default: runs/<name> beside the spec")
     workers: int | None = Field(None, ge=1, description="processes for CPU-bound steps")
-    input: InputSpec
+    input: InputSpec = Field(description="the problems, or traces made elsewhere")
     steps: list[dict[str, Any]] = Field(
         default_factory=list, description="operators in order, each `- name: {params}`"
     )
-    outputs: OutputsSpec = Field(default_factory=OutputsSpec)
+    outputs: OutputsSpec = Field(
+        default_factory=OutputsSpec, description="training sets to write: sft, preference"
+    )
 
     @model_validator(mode="after")
     def _step_shape(self) -> Spec:
