@@ -64,7 +64,9 @@ def test_outputs_are_sharded(write_spec: Callable[[str], Path]) -> None:
     files = sorted(p.name for p in (spec.parent / "out" / "sft").glob("*.parquet"))
     assert files == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
     rows = pl.read_parquet(spec.parent / "out" / "sft" / "*.parquet")
-    assert rows.height == 737  # every trace our verifier judged correct (728 + 9, AGREEMENT.md)
+    assert (
+        rows.height == 737
+    )  # every trace our verifier judged correct (728 + 9: quickstart README)
 
 
 def test_a_failing_late_step_keeps_earlier_stages(write_spec: Callable[[str], Path]) -> None:

@@ -276,7 +276,7 @@ def test_empty_batch() -> None:
 
 def test_real_traces_agree_with_the_shipped_flags() -> None:
     """All 800 quickstart traces: our math verdicts vs Qwen's shipped correctness flags (the
-    numbers in examples/quickstart/AGREEMENT.md). The 9 disagreements are all shipped false
+    numbers in examples/quickstart/README.md). The 9 disagreements are all shipped false
     negatives: "4:30 \\text{ p.m.}" vs "\\text{4:30 p.m.}" (problem 3) and 10000 vs 10{,}000
     (problem 72, sample 7)."""
     rows = [json.loads(line) for line in QUICKSTART_DATA.read_text().splitlines()]
