@@ -14,20 +14,10 @@ import duckdb
 
 from curate.engine import DROPPED_FILE, REJECTS_FILE, stage_folders
 from curate.errors import RunDirError
+from curate.schemas.pool import PROBLEM_LEVEL
 
-PROBLEM_COLUMNS = (
-    "source",
-    "domain",
-    "prompt",
-    "reference_answer",
-    "n_samples",
-    "n_judged",
-    "n_correct",
-    "pass_rate",
-    "cv_population",
-    "cv_sample",
-    "difficulty",
-)
+# Every problem-level pool column but the id, in the pool's order.
+PROBLEM_COLUMNS = [c for c in PROBLEM_LEVEL if c != "problem_id"]
 
 
 def _quote(path: Path) -> str:

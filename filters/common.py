@@ -90,24 +90,13 @@ class FloatWindow(Params):
         return describe_window(name, self.gt, self.ge, self.lt, self.le)
 
 
-class IntWindow(Params):
+class IntWindow(FloatWindow):
     """Bounds on a count; give at most one lower (gt or ge) and at most one upper (lt or le)."""
 
     gt: int | None = Field(None, description="keep counts strictly greater than this")
     ge: int | None = Field(None, description="keep counts greater than or equal to this")
     lt: int | None = Field(None, description="keep counts strictly less than this")
     le: int | None = Field(None, description="keep counts less than or equal to this")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> IntWindow:
-        _check_window(self.gt, self.ge, self.lt, self.le)
-        return self
-
-    def expr(self, column: pl.Expr) -> pl.Expr:
-        return window_expr(column, self.gt, self.ge, self.lt, self.le)
-
-    def describe(self, name: str) -> str:
-        return describe_window(name, self.gt, self.ge, self.lt, self.le)
 
 
 def _check_window(gt: float | None, ge: float | None, lt: float | None, le: float | None) -> None:

@@ -100,7 +100,7 @@ class Spec(Strict):
         default_factory=list, description="operators in order, each `- name: {params}`"
     )
     outputs: OutputsSpec = Field(
-        default_factory=OutputsSpec, description="training sets to write: sft, preference"
+        default=OutputsSpec(), description="training sets to write: sft, preference"
     )
 
     @model_validator(mode="after")
