@@ -18,6 +18,10 @@ What it measures, each part in a fresh Python process so that every peak RSS is 
    prune and the SFT and preference exports. Per stage: the manifest's seconds and row counts,
    and the peak RSS sampled (every 20 ms, from /proc/self/statm) while the stage ran.
 5. curate re-run: the same build again; every stage and export must be reused.
+6. with --isolate, each stage and export once more on its own: its folder is deleted and the
+   build re-run in a fresh process, which runs that stage alone (the rest is reused), so the
+   process's peak RSS (ru_maxrss) is that stage's own. The sampled RSS of step 4 includes what
+   earlier stages of the same process left allocated.
 
 `verify` runs with `method: exact` (one regex extraction and a string compare per trace, in
 Python): a pool of traces needs a `verdict` column before `grade`, and the input reader maps a
@@ -27,6 +31,7 @@ Run (from the repository root):
 
     .venv/bin/python bench/build_scale.py                    # 1,000,000 traces
     .venv/bin/python bench/build_scale.py --traces 250000    # a quicker run
+    .venv/bin/python bench/build_scale.py --isolate          # also each stage in its own process
     .venv/bin/python bench/build_scale.py --keep             # keep the pool, run dir and exports
 
 Work files go to <out>/build_scale-<traces>/ (default out: bench/out, which git ignores) and are
@@ -70,13 +75,14 @@ SHARD_ROWS = 250_000
 CHARS_PER_TOKEN = 4  # prune's `approximate` tokenizer: ceil(chars / 4)
 
 # Filler vocabulary: no "answer" and no "boxed", so the only answer marker is the final line.
-WORDS = (
+FILLER = (
     "we let the sum of both sides so then since square root term gives hence note that equals "
     "value each factor prime number case check plus minus times divide by x y n k is a and or "
     "if not for all there exists integer even odd bound upper lower step first second third "
     "now consider this which means substitute expand simplify compute modulo remainder digit "
     "triangle angle area length circle radius probability count ways choose pairs sequence"
-).split()
+)
+WORDS = FILLER.split()
 
 
 # --------------------------------------------------------------------------------- measuring
@@ -236,7 +242,9 @@ def anchor_pipeline(pool: Path, work: Path) -> dict[str, Any]:
     )
     sft.write_parquet(work / "anchor-sft.parquet", compression="zstd")
 
-    firsts = selected.sort("id", "sample_index").group_by("id", "verdict", maintain_order=True).first()
+    firsts = (
+        selected.sort("id", "sample_index").group_by("id", "verdict", maintain_order=True).first()
+    )
     rejected = firsts.filter(~pl.col("verdict")).select(
         "id", _messages("assistant", pl.col("completion")).alias("rejected")
     )
@@ -358,6 +366,107 @@ def curate_build(spec_path: Path) -> dict[str, Any]:
     }
 
 
+def breakdown(spec_path: Path) -> dict[str, Any]:
+    """Where each stage's time goes: reading its input, the operator, writing its Parquet.
+
+    Redoes the stages of a finished build outside the engine, from the build's own stage
+    folders, writing to a scratch folder. Verify is left out: it streams in batches and its time
+    is the per-trace Python extraction."""
+    from curate.export.preference import preference_rows
+    from curate.export.sft import sft_rows
+    from curate.inputs import read_input
+    from curate.operators import StageContext
+    from curate.parquet_io import PartWriter, read_parts, to_arrow, write_table
+    from curate.schemas.exports import EXPORT_SCHEMAS
+    from curate.schemas.pool import POOL_SCHEMA
+    from curate.schemas.spec import PreferenceOutput, SFTOutput
+    from curate.spec import load_spec
+
+    loaded = load_spec(spec_path)
+    stages = loaded.run_dir / "stages"
+    scratch = spec_path.parent / "breakdown"
+    scratch.mkdir(exist_ok=True)
+    parts: dict[str, Any] = {}
+
+    def write_pool(name: str, frame: pl.DataFrame) -> None:
+        writer = PartWriter(scratch / f"{name}.parquet", metadata={}, schema=POOL_SCHEMA)
+        writer.write(frame)
+        writer.close()
+
+    clock = time.perf_counter()
+    result = read_input(loaded.spec.input, base_dir=loaded.base_dir)
+    read_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    write_pool("00-input", result.frame)
+    parts["00-input"] = {"read": read_s, "operator": 0.0, "write": time.perf_counter() - clock}
+    del result
+
+    previous = "00-input"
+    for step in loaded.steps:
+        source, previous = stages / previous, step.stage_id
+        if step.name == "verify":
+            continue
+        clock = time.perf_counter()
+        frame = read_parts(source)
+        read_s = time.perf_counter() - clock
+        context = StageContext(
+            stage_id=step.stage_id, seed=loaded.spec.seed, base_dir=loaded.base_dir
+        )
+        clock = time.perf_counter()
+        out = step.operator(step.params, context=context).run(frame)
+        operator_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        write_pool(step.stage_id, out.kept)
+        write_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        if out.dropped.height:
+            write_table(
+                scratch / f"{step.stage_id}-dropped.parquet", to_arrow(out.dropped), metadata={}
+            )
+        parts[step.stage_id] = {
+            "read": read_s,
+            "operator": operator_s,
+            "write": write_s,
+            "write_dropped": time.perf_counter() - clock if out.dropped.height else None,
+            "dropped_rows": out.dropped.height,
+        }
+        del frame, out
+
+    outputs = loaded.spec.outputs
+    configs: list[tuple[str, SFTOutput | PreferenceOutput | None]] = [
+        ("sft", outputs.sft),
+        ("preference", outputs.preference),
+    ]
+    for kind, config in configs:
+        if config is None:
+            continue
+        stage = loaded.step_named(config.from_stage).stage_id if config.from_stage else previous
+        clock = time.perf_counter()
+        pool = read_parts(stages / stage)
+        read_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        if isinstance(config, SFTOutput):
+            rows = sft_rows(pool, config)
+        else:
+            rows = preference_rows(pool, config, base_dir=loaded.base_dir)
+        operator_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        table = to_arrow(rows, EXPORT_SCHEMAS[kind]).cast(EXPORT_SCHEMAS[kind])
+        write_table(scratch / f"export-{kind}.parquet", table, metadata={})
+        parts[f"export {kind}"] = {
+            "read": read_s,
+            "operator": operator_s,
+            "write": time.perf_counter() - clock,
+        }
+        del pool, rows, table
+    shutil.rmtree(scratch)
+    return {
+        "parts": {
+            k: {n: v if v is None else round(v, 3) for n, v in p.items()} for k, p in parts.items()
+        },
+    }
+
+
 def _verdicts_match_labels(run_dir: Path) -> bool | None:
     """Whether verify's verdict equals the synthetic label on every trace."""
     folders = sorted((run_dir / "stages").glob("*-verify"))
@@ -388,11 +497,38 @@ def run_phase(args: argparse.Namespace) -> None:
         result = anchor_copy(pool, work)
     elif args.phase == "anchor-pipeline":
         result = anchor_pipeline(pool, work)
+    elif args.phase == "breakdown":
+        result = breakdown(work / "spec.yaml")
     else:
         result = curate_build(work / "spec.yaml")
     result["seconds"] = round(time.perf_counter() - started, 3)
     result["max_rss_mib"] = round(max_rss_mib(), 1)
     (work / f"phase-{args.phase}.json").write_text(json.dumps(result, indent=2))
+
+
+def stage_folder(work: Path, stage: str) -> Path:
+    """Where a stage ("02-grade") or an export ("export sft") of the benchmark build lives."""
+    if stage.startswith("export "):
+        return work / "exports" / stage.removeprefix("export ")
+    return work / "run" / "stages" / stage
+
+
+def isolate(args: argparse.Namespace, work: Path, stages: list[str]) -> dict[str, Any]:
+    """Each stage re-run alone in a fresh process: its seconds and its process's peak RSS."""
+    isolated: dict[str, Any] = {}
+    for stage in stages:
+        shutil.rmtree(stage_folder(work, stage))
+        result = spawn("build", args, work, f"{stage} alone")
+        ran = [s["stage"] for s in result["stages"] if s["status"] == "ran"]
+        if ran != [stage]:
+            raise RuntimeError(f"isolating {stage}: the re-run ran {ran}")
+        row = next(s for s in result["stages"] if s["stage"] == stage)
+        isolated[stage] = {
+            "seconds": row["seconds"],
+            "build_s": result["total_s"],
+            "max_rss_mib": result["max_rss_mib"],
+        }
+    return isolated
 
 
 def spawn(phase: str, args: argparse.Namespace, work: Path, tag: str) -> dict[str, Any]:
@@ -418,25 +554,37 @@ def report(results: dict[str, Any]) -> str:
     """The results as a plain-text table."""
     build, rerun = results["build"], results["rerun"]
     copy, pipeline = results["anchor_copy"], results["anchor_pipeline"]
+    isolated: dict[str, Any] = results.get("isolated", {})
     lines = [
         f"curate build scale benchmark: {results['traces']:,} traces "
         f"({results['generate']['problems']:,} problems x {TRACES_PER_PROBLEM}), "
         f"input {results['generate']['file_mib']:,.0f} MiB Parquet",
         "",
-        f"{'stage':<20}{'rows in':>11}{'rows out':>11}{'dropped':>11}{'seconds':>9}"
-        f"{'peak RSS MiB':>14}",
+        "seconds: the manifest's, in the one build; RSS: sampled peak of that build process",
+        "while the stage ran (it includes what earlier stages left allocated)",
     ]
+    header = (
+        f"{'stage':<20}{'rows in':>11}{'rows out':>11}{'dropped':>11}{'seconds':>9}{'RSS MiB':>9}"
+    )
+    if isolated:
+        lines.append("alone: the stage re-run by itself in a fresh process (--isolate)")
+        header += f"{'alone s':>9}{'alone peak MiB':>16}"
+    lines += ["", header]
     for stage in build["stages"]:
-        lines.append(
+        line = (
             f"{stage['stage']:<20}{_num(stage['rows_in']):>11}{_num(stage['rows_out']):>11}"
             f"{_num(stage['dropped']):>11}{_num(stage['seconds'], 1):>9}"
-            f"{_num(stage['peak_rss_mib']):>14}"
+            f"{_num(stage['peak_rss_mib']):>9}"
         )
+        alone = isolated.get(stage["stage"])
+        if alone is not None:
+            line += f"{_num(alone['seconds'], 1):>9}{_num(alone['max_rss_mib']):>16}"
+        lines.append(line)
     stage_sum = sum(s["seconds"] or 0.0 for s in build["stages"])
     lines += [
         f"{'sum of stages':<53}{stage_sum:>9.1f}",
-        f"{'build wall (in-process)':<53}{build['total_s']:>9.1f}"
-        f"{_num(build['max_rss_mib']):>14}",
+        f"{'build wall (in-process; RSS: ru_maxrss)':<53}{build['total_s']:>9.1f}"
+        f"{_num(build['max_rss_mib']):>9}",
         "",
         f"{'anchor':<40}{'seconds':>9}{'peak RSS MiB':>14}{'curate / anchor':>17}",
     ]
@@ -448,16 +596,45 @@ def report(results: dict[str, Any]) -> str:
         lines.append(
             f"{name:<40}{anchor['seconds']:>9.1f}{_num(anchor['max_rss_mib']):>14}{ratio:>16.1f}x"
         )
+    verify_s = sum(s["seconds"] or 0.0 for s in build["stages"] if s["stage"].endswith("verify"))
+    if verify_s:
+        ratio = (build["total_s"] - verify_s) / pipeline["seconds"]
+        lines.append(f"{'curate less its verify stage, vs the pipeline':<63}{ratio:>16.1f}x")
+    outputs = {s["stage"]: s["rows_out"] for s in build["stages"]}
     reused = sum(1 for s in rerun["stages"] if s["status"] == "reused")
     lines += [
         "",
         f"no-op re-run: {reused} of {len(rerun['stages'])} stages/exports reused, "
         f"{rerun['total_s']:.1f} s, peak RSS {rerun['max_rss_mib']:,.0f} MiB",
         f"verify verdicts equal the synthetic labels: {build['verdict_equals_label']}",
-        f"anchor row counts equal curate's: sft {pipeline['sft_rows']:,}, "
-        f"preference {pipeline['preference_rows']:,}",
+        f"rows written, curate / hand-written: sft {_num(outputs.get('export sft'))} / "
+        f"{pipeline['sft_rows']:,}, preference {_num(outputs.get('export preference'))} / "
+        f"{pipeline['preference_rows']:,}",
+        f"throughput: {results['traces'] / build['total_s']:,.0f} traces/s (curate), "
+        f"{results['traces'] / pipeline['seconds']:,.0f} traces/s (hand-written pipeline)",
         f"run directory on disk: {build['run_dir_mib']:,.0f} MiB; "
         f"pool generation: {results['generate']['seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def report_breakdown(breakdown: dict[str, Any]) -> str:
+    """Seconds reading, in the operator and writing, per stage (from --breakdown)."""
+    lines = [
+        "breakdown (seconds; a stage redone outside the engine, from the build's stage folders)",
+        "",
+        f"{'stage':<20}{'read':>9}{'operator':>10}{'write':>9}{'dropped':>10}{'sum':>9}",
+    ]
+    for stage, part in breakdown["parts"].items():
+        dropped = part.get("write_dropped")
+        total = part["read"] + part["operator"] + part["write"] + (dropped or 0.0)
+        lines.append(
+            f"{stage:<20}{part['read']:>9.1f}{part['operator']:>10.1f}{part['write']:>9.1f}"
+            f"{_num(dropped, 1):>10}{total:>9.1f}"
+        )
+    lines += [
+        "read: read_input (the per-row reader) for 00-input, read_parts for the others;",
+        "write: PartWriter (to Arrow, zstd Parquet, fsync); dropped: writing the dropped rows",
     ]
     return "\n".join(lines)
 
@@ -488,6 +665,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for work files")
     parser.add_argument("--keep", action="store_true", help="keep the pool, run and exports")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pool")
+    parser.add_argument(
+        "--isolate", action="store_true", help="also re-run each stage alone in a fresh process"
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time each stage's read, operator and write apart (verify excepted)",
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -517,12 +702,20 @@ def main(argv: list[str] | None = None) -> int:
         results["anchor_pipeline"] = spawn("anchor-pipeline", args, work, "anchor: pipeline")
         results["build"] = spawn("build", args, work, "curate build")
         results["rerun"] = spawn("build", args, work, "curate build again (no-op)")
+        if args.breakdown:
+            results["breakdown"] = spawn("breakdown", args, work, "breakdown of stage times")
+        if args.isolate:
+            stages = [s["stage"] for s in results["build"]["stages"]]
+            results["isolated"] = isolate(args, work, stages)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     (out / f"{WORK_PREFIX}{args.traces}.json").write_text(json.dumps(results, indent=2) + "\n")
     print()
     print(report(results))
+    if "breakdown" in results:
+        print()
+        print(report_breakdown(results["breakdown"]))
     problems = check(results)
     for problem in problems:
         print(f"PROBLEM: {problem}")
