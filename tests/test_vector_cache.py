@@ -1,0 +1,57 @@
+"""The content-hash vector cache: repeated texts computed once, a second call computes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from curate.vector_cache import VectorCache
+
+
+def lengths(texts: list[str]) -> np.ndarray:
+    return np.array([[len(t), len(t.encode())] for t in texts], dtype=np.uint32)
+
+
+def make(folder: Path | None, **settings: object) -> VectorCache:
+    return VectorCache(
+        folder=folder, kind="test", settings=dict(settings), width=2, dtype=np.dtype(np.uint32)
+    )
+
+
+def test_repeated_texts_are_computed_once_and_rows_keep_their_order(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def compute(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        return lengths(texts)
+
+    texts = ["ab", "é", "ab", "", "xyz", "é"]
+    out, stats = make(tmp_path).vectors(texts, compute)
+    assert calls == [["ab", "é", "", "xyz"]]
+    assert out.tolist() == lengths(texts).tolist()
+    assert (stats.rows, stats.distinct, stats.computed, stats.from_cache) == (6, 4, 4, 0)
+
+
+def test_second_call_reads_the_cache_and_computes_only_new_texts(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def compute(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        return lengths(texts)
+
+    make(tmp_path, n=1).vectors(["a", "bb"], compute)
+    out, stats = make(tmp_path, n=1).vectors(["bb", "ccc", "a"], compute)
+    assert calls[1] == ["ccc"]
+    assert out.tolist() == [[2, 2], [3, 3], [1, 1]]
+    assert (stats.from_cache, stats.computed) == (2, 1)
+    # other settings: a separate cache, everything computed again
+    _, other = make(tmp_path, n=2).vectors(["a"], compute)
+    assert other.computed == 1
+
+
+def test_no_folder_means_no_cache_and_empty_input_works(tmp_path: Path) -> None:
+    out, stats = make(None).vectors([], lengths)
+    assert out.shape == (0, 2) and stats.rows == 0
+    out, _ = make(None).vectors(["abc"], lengths)
+    assert out.tolist() == [[3, 3]]
