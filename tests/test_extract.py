@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from curate.verifiers.extract import (
+    _ANSWER_MARKER,
+    _answer_markers_from_last,
     extract_answer,
     last_answer_is,
     last_boxed,
@@ -102,3 +106,29 @@ def test_every_real_completion_yields_an_answer() -> None:
             if ours.replace(" ", "") != shipped.replace(" ", ""):
                 differing.add((row["idx"], ours))
     assert differing == {(3, "4:30 \\text{ p.m.}")}
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "answer",
+                "Answer",
+                "ANSWER is",
+                "answers",
+                " is ",
+                ":",
+                "=",
+                "**",
+                "x",
+                "\n",
+                "İ",
+                "5",
+            ]
+        ),
+        max_size=30,
+    ).map("".join)
+)
+def test_backward_marker_scan_finds_the_same_markers_as_the_regex(text: str) -> None:
+    expected = [m.span() for m in reversed(list(_ANSWER_MARKER.finditer(text)))]
+    assert [m.span() for m in _answer_markers_from_last(text)] == expected
