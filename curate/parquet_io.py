@@ -40,6 +40,11 @@ def to_arrow(frame: pl.DataFrame, schema: pa.Schema = POOL_SCHEMA) -> pa.Table:
     return table.cast(wanted)
 
 
+# Row groups of 100k rows: readers (Polars, DuckDB, datasets) can stream and parallelize a stage
+# file instead of facing one group of a million rows (pyarrow's default cap is 1Mi rows).
+ROW_GROUP_ROWS = 100_000
+
+
 def lineage_metadata(values: Mapping[str, str]) -> dict[bytes, bytes]:
     return {f"curate.{k}".encode(): str(v).encode() for k, v in values.items()}
 
@@ -62,7 +67,7 @@ class PartWriter:
         table = table.cast(self._writer.schema.remove_metadata()).replace_schema_metadata(
             self._writer.schema.metadata
         )
-        self._writer.write_table(table)
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.rows += table.num_rows
 
     def close(self) -> int:
@@ -77,7 +82,12 @@ def write_table(path: Path, table: pa.Table, *, metadata: Mapping[str, str]) -> 
     merged = table.schema.with_metadata(
         {**(table.schema.metadata or {}), **lineage_metadata(metadata)}
     )
-    pq.write_table(table.replace_schema_metadata(merged.metadata), path, compression="zstd")
+    pq.write_table(
+        table.replace_schema_metadata(merged.metadata),
+        path,
+        compression="zstd",
+        row_group_size=ROW_GROUP_ROWS,
+    )
 
 
 @contextlib.contextmanager
