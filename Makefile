@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean docs
+.PHONY: demo test lint install clean docs chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	CURATE=$(abspath $(BIN))/curate examples/quickstart/demo.sh
 
-test: $(STAMP) lint
+test: $(STAMP) lint chromium
 	$(BIN)/pytest
+
+# Debian's Chromium, for the test that opens `curate report` headless (no-op when installed).
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

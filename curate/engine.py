@@ -53,6 +53,7 @@ STAGE_FILE = "stage.json"
 DROPPED_FILE = "dropped.parquet"
 REJECTS_FILE = "rejects.parquet"
 MANIFEST_FILE = "manifest.json"
+PLAN_FILE = "plan.json"  # written when a build starts (see curate.run)
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
@@ -144,6 +145,36 @@ class Build:
             "fingerprint": stage_fingerprint,
         }
 
+    def plan(self) -> dict[str, Any]:
+        """What this build will make, stage by stage: lets a reader of an unfinished run tell
+        which stages are missing and which present ones are current."""
+        spec = self.loaded.spec
+        stages = [
+            {
+                "stage_id": INPUT_STAGE,
+                "operator": "input",
+                "version": INPUT_READER_VERSION,
+                "params": spec.input.model_dump(mode="json", by_alias=True),
+            }
+        ]
+        for step in self.loaded.steps:
+            stages.append(
+                {
+                    "stage_id": step.stage_id,
+                    "operator": step.operator.name,
+                    "version": step.operator.version,
+                    "params": params_json(step.params),
+                }
+            )
+        started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        return {
+            "run_id": self.run_id,
+            "name": spec.name,
+            "started_at": started,
+            "spec_hash": self.loaded.spec_hash,
+            "stages": stages,
+        }
+
     def run(self) -> dict[str, Any]:
         from curate.export import export_outputs
         from curate.manifest import build_manifest
@@ -154,6 +185,7 @@ class Build:
                 self.reporter.message(
                     f"removed {left} unfinished stage folder(s) of a build that did not finish"
                 )
+            write_json_atomic(self.paths.root / PLAN_FILE, self.plan())
             records = [self._input_stage()]
             for step in self.loaded.steps:
                 records.append(self._step_stage(step, records[-1]))
@@ -336,16 +368,3 @@ def _dropped_arrow(dropped: pl.DataFrame) -> Any:
         body = body.append_column(name, tail.column(name))
     return body
 
-
-def stage_folders(run_dir: Path) -> list[dict[str, Any]]:
-    """The stages of the last finished build of a run directory, from its manifest."""
-    manifest_path = run_dir / MANIFEST_FILE
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(
-            f"{run_dir}: no {MANIFEST_FILE} here; is this a run directory of a finished "
-            "`curate build`? (runs live in runs/<name> beside the spec unless `run_dir` is set)"
-        ) from None
-    stages: list[dict[str, Any]] = manifest["stages"]
-    return stages

@@ -49,3 +49,10 @@ class RunDirError(CurateError):
     """A run directory is missing or does not hold a finished build."""
 
     exit_code = 6
+
+
+class PublishError(CurateError):
+    """Publishing to the Hub cannot go ahead: no licence, a bad repo name, no token, or the Hub
+    refused the upload."""
+
+    exit_code = 7

@@ -4,7 +4,8 @@ Views: `pool` (the last stage's rows), `stage_<operator>` per stage (`stage_inpu
 a repeated operator gets `_2`, `_3`), `dropped` (every stage's dropped rows with drop_stage,
 drop_reason, drop_detail), `traces` (every row that entered the last stage's lineage: the pool
 plus everything dropped, with its fate), `problems` (one row per problem), `rejects` (bad input
-rows, when any were skipped) and one view per output (`sft`, `preference`)."""
+rows, when any were skipped) and one view per output (`sft`, `preference`). `view_statements`
+gives the same views as SQL text for plain DuckDB."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import duckdb
 
-from curate.engine import DROPPED_FILE, REJECTS_FILE, stage_folders
-from curate.errors import RunDirError
+from curate.engine import DROPPED_FILE, REJECTS_FILE
+from curate.run import Run, open_run
 from curate.schemas.pool import PROBLEM_LEVEL
 
 # Every problem-level pool column but the id, in the pool's order.
@@ -39,71 +40,82 @@ def stage_view_names(stage_ids: list[str]) -> dict[str, str]:
     return names
 
 
-def connect(run_dir: str | Path) -> duckdb.DuckDBPyConnection:
-    root = Path(run_dir).expanduser().resolve()
-    if not root.is_dir():
-        raise RunDirError(f"{run_dir}: no such run directory")
-    stages = stage_folders(root)
+def connect(run_dir: str | Path | Run) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the run's views (see the module docstring). An
+    unfinished run gets views over the stages that exist and no output views."""
+    con, _ = connect_with_statements(run_dir)
+    return con
+
+
+def view_statements(run_dir: str | Path | Run) -> list[str]:
+    """The CREATE VIEW statements `connect` runs, with absolute paths: pasted into plain DuckDB
+    (`duckdb -c` or any client) they give the same views."""
+    _, statements = connect_with_statements(run_dir)
+    return statements
+
+
+def connect_with_statements(
+    run_dir: str | Path | Run,
+) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    run = run_dir if isinstance(run_dir, Run) else open_run(run_dir)
     con = duckdb.connect()
+    statements: list[str] = []
+
+    def create(sql: str) -> None:
+        con.execute(sql)
+        statements.append(sql + ";")
+
+    stages = run.stages
     views = stage_view_names([s["stage_id"] for s in stages])
     dropped_files = []
     for stage in stages:
-        folder = root / "stages" / stage["stage_id"]
-        con.execute(
+        folder = run.stage_dir(stage["stage_id"])
+        create(
             f"CREATE VIEW {views[stage['stage_id']]} AS "
             f"SELECT * FROM read_parquet({_quote(folder / 'part-*.parquet')})"
         )
         if (folder / DROPPED_FILE).exists():
             dropped_files.append(folder / DROPPED_FILE)
         if (folder / REJECTS_FILE).exists():
-            con.execute(
+            create(
                 f"CREATE VIEW rejects AS SELECT * FROM read_parquet("
                 f"{_quote(folder / REJECTS_FILE)})"
             )
-    con.execute(f"CREATE VIEW pool AS SELECT * FROM {views[stages[-1]['stage_id']]}")
+    create(f"CREATE VIEW pool AS SELECT * FROM {views[stages[-1]['stage_id']]}")
     if dropped_files:
         files = ", ".join(_quote(f) for f in dropped_files)
-        con.execute(
+        create(
             f"CREATE VIEW dropped AS SELECT * FROM read_parquet([{files}], union_by_name = true)"
         )
-        con.execute(
+        create(
             "CREATE VIEW traces AS SELECT *, NULL::VARCHAR AS drop_stage, "
             "NULL::VARCHAR AS drop_reason, NULL::VARCHAR AS drop_detail FROM pool "
             "UNION ALL BY NAME SELECT * FROM dropped"
         )
     else:
-        con.execute(
+        create(
             "CREATE VIEW dropped AS SELECT *, NULL::VARCHAR AS drop_stage, NULL::VARCHAR AS "
             "drop_reason, NULL::VARCHAR AS drop_detail FROM pool WHERE false"
         )
-        con.execute(
-            "CREATE VIEW traces AS SELECT * FROM dropped UNION ALL BY NAME SELECT * FROM pool"
-        )
+        create("CREATE VIEW traces AS SELECT * FROM dropped UNION ALL BY NAME SELECT * FROM pool")
     present = set(_columns(con, "traces"))
     picked = ", ".join(
         f"any_value({c}) FILTER (WHERE {c} IS NOT NULL) AS {c}"
         for c in PROBLEM_COLUMNS
         if c in present
     )
-    con.execute(
+    create(
         f"CREATE VIEW problems AS SELECT problem_id, {picked}, count(*) AS n_rows, "
         "count(*) FILTER (WHERE drop_stage IS NULL) AS n_kept, "
         "mode(drop_stage) AS dropped_mostly_at FROM traces GROUP BY problem_id"
     )
-    _output_views(con, root)
-    return con
-
-
-def _output_views(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    import json
-
-    manifest = json.loads((root / "manifest.json").read_text())
-    for kind, output in manifest.get("outputs", {}).items():
+    for kind, output in run.outputs.items():
         folder = Path(output["path"])
         if folder.is_dir() and any(folder.glob("*.parquet")):
-            con.execute(
+            create(
                 f"CREATE VIEW {kind} AS SELECT * FROM read_parquet({_quote(folder / '*.parquet')})"
             )
+    return con, statements
 
 
 def view_names(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -93,6 +93,12 @@ class Spec(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run")
     seed: int = Field(0, description="seed for every random choice a step makes")
+    license: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9][a-z0-9.+-]*$",
+        description="licence of the data, as a Hub licence id (mit, apache-2.0, cc-by-4.0, "
+        "other, …); `curate publish` requires it",
+    )
     run_dir: str | None = Field(None, description="default: runs/<name> beside the spec")
     workers: int | None = Field(None, ge=1, description="processes for CPU-bound steps")
     input: InputSpec = Field(description="the problems, or traces made elsewhere")

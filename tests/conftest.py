@@ -42,3 +42,20 @@ def write_spec(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quickstart spec (plus `license: mit`) built once per test session into a temporary
+    folder; returns its run directory (outputs are in ../../out). Tests must not change it."""
+    from curate.engine import Build
+    from curate.spec import load_spec
+
+    root = tmp_path_factory.mktemp("quickstart-run")
+    shutil.copytree(QUICKSTART / "data", root / "data")
+    spec = (QUICKSTART / "spec.yaml").read_text()
+    if "\nlicense:" not in spec:
+        spec = spec.replace("\nseed: 7\n", "\nseed: 7\nlicense: mit\n", 1)
+    (root / "spec.yaml").write_text(spec)
+    Build(load_spec(root / "spec.yaml")).run()
+    return root / "runs" / "quickstart"

@@ -6,7 +6,10 @@ import typer
 
 from curate import __version__
 from curate.cli.build import build, validate
+from curate.cli.inspect import report, stats
 from curate.cli.ops import ops, schema
+from curate.cli.publish import publish
+from curate.cli.shell import shell
 from curate.cli.sql import sql
 
 app = typer.Typer(
@@ -37,6 +40,10 @@ app.command()(build)
 app.command()(validate)
 app.command()(ops)
 app.command()(sql)
+app.command()(shell)
+app.command()(stats)
+app.command()(report)
+app.command()(publish)
 app.command()(schema)
 
 if __name__ == "__main__":

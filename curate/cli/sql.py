@@ -8,7 +8,7 @@ import duckdb
 import typer
 from rich.table import Table
 
-from curate.cli.common import Format, handle_errors, out
+from curate.cli.common import Format, err, handle_errors, out
 from curate.errors import CurateError
 
 
@@ -21,11 +21,21 @@ def sql(
     format: Format = typer.Option(Format.table, "--format", "-f", help="output format"),
     output: Path = typer.Option(None, "--output", "-o", help="write the result to this file"),
     max_rows: int = typer.Option(50, "--max-rows", help="rows shown in table format"),
+    print_views: bool = typer.Option(
+        False, "--print-views", help="print the CREATE VIEW statements, for plain DuckDB"
+    ),
 ) -> None:
     """Run SQL over a run directory. With no query, list the views and their row counts."""
-    from curate.sql import connect, view_names
+    from curate.run import open_run
+    from curate.sql import connect, view_names, view_statements
 
-    con = connect(run_dir)
+    run = open_run(run_dir)
+    if run.status_line():
+        err.print(f"[yellow]warning:[/yellow] {run.status_line()}", highlight=False)
+    if print_views:
+        typer.echo("\n".join(view_statements(run)))
+        return
+    con = connect(run)
     if query is None:
         table = Table("view", "rows", box=None)
         for view in view_names(con):

@@ -1,0 +1,182 @@
+"""`curate stats` (a run's numbers in the terminal, or as JSON) and `curate report` (the HTML
+page). Both show curate.summary, the numbers the dataset card states too."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curate.cli.common import err, handle_errors, out
+from curate.summary import Lengths, Summary
+
+RUN_DIR = typer.Argument(..., help="a run directory (runs/<name> beside the spec)")
+
+
+class StatsFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def _n(value: float | int | None, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _length(stats: Lengths | None) -> str:
+    if stats is None:
+        return "–"
+    return f"{stats.median:,.0f} ({stats.q1:,.0f}–{stats.q3:,.0f})"
+
+
+def _table(title: str, columns: list[str], right: set[int]) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold")
+    for index, name in enumerate(columns):
+        table.add_column(name, justify="right" if index in right else "left", overflow="fold")
+    return table
+
+
+def print_summary(console: Console, s: Summary) -> None:
+    console.print(
+        f"[bold]{s.name}[/bold] run {s.run_id or 'unknown'}: {s.problems:,} problems, "
+        f"{s.traces:,} traces, {s.kept:,} kept; lengths in {s.length_unit}",
+        highlight=False,
+    )
+    funnel = _table("funnel", ["stage", "operator", "rows in", "rows out", "dropped"], {2, 3, 4})
+    for st in s.stages:
+        funnel.add_row(st.stage_id, st.operator, _n(st.rows_in), _n(st.rows_out), _n(st.dropped))
+    for kind, rows in s.outputs.items():
+        funnel.add_row(f"→ {kind}", "export", "", _n(rows), "")
+    console.print(funnel)
+
+    if s.drops:
+        drops = _table("dropped, by stage and reason", ["stage", "reason", "rows", "example"], {2})
+        for d in s.drops:
+            drops.add_row(d.stage_id, d.reason, _n(d.rows), d.example or "")
+        console.print(drops)
+
+    rates = s.pass_rates
+    if rates.problems:
+        hist = _table(
+            f"pass rate per problem: {rates.problems:,} problems, mean {_n(rates.mean)}, "
+            f"median {_n(rates.median)}",
+            ["pass rate", "problems", ""],
+            {1},
+        )
+        top = max(rates.counts) or 1
+        for i, count in enumerate(rates.counts):
+            close = "]" if i == len(rates.counts) - 1 else ")"
+            label = f"[{rates.edges[i]:.1f}, {rates.edges[i + 1]:.1f}{close}"
+            hist.add_row(label, _n(count), "█" * round(30 * count / top))
+        console.print(hist)
+    else:
+        console.print("pass rate: no grade stage among the stages present")
+
+    bands = _table(
+        f"difficulty bands (length: median (q1–q3), {s.length_unit})",
+        [
+            "band",
+            "problems",
+            "mean pass",
+            "traces",
+            "kept",
+            "length all",
+            "length kept",
+            "p90 kept",
+            "tokens kept",
+        ],
+        {1, 2, 3, 4, 5, 6, 7, 8},
+    )
+    for b in s.bands:
+        bands.add_row(
+            b.name,
+            _n(b.problems),
+            _n(b.mean_pass_rate),
+            _n(b.traces),
+            _n(b.kept),
+            _length(b.length_all),
+            _length(b.length_kept),
+            _n(b.length_kept.p90 if b.length_kept else None),
+            _n(b.length_kept.total if b.length_kept else None),
+        )
+    console.print(bands)
+
+    if s.teachers:
+        teachers = _table(
+            "teachers",
+            ["model", "traces", "judged", "correct", "accuracy", "mean len", "median len", "kept"],
+            {1, 2, 3, 4, 5, 6, 7},
+        )
+        for t in s.teachers:
+            teachers.add_row(
+                t.model,
+                _n(t.traces),
+                _n(t.judged),
+                _n(t.correct),
+                _n(t.accuracy),
+                _n(t.mean_length),
+                _n(t.median_length),
+                _n(t.kept),
+            )
+        console.print(teachers)
+
+    if not s.dedup:
+        console.print("dedup: no dedup step in this run")
+    for dd in s.dedup:
+        if not dd.sizes:
+            console.print(f"dedup: {dd.note}")
+            continue
+        sizes = ", ".join(f"{size}: {count:,}" for size, count in dd.sizes.items())
+        console.print(
+            f"dedup {dd.stage_id}: {dd.clusters:,} clusters over {dd.rows:,} rows; "
+            f"clusters by size: {sizes}",
+            highlight=False,
+        )
+
+    for e in s.exports:
+        by = ", ".join(f"{k} {v:,}" for k, v in e.by_difficulty.items())
+        console.print(
+            f"export {e.kind}: {e.rows:,} rows over {e.problems:,} problems ({by}); length of "
+            f"{e.length_of}: {_length(e.length)}",
+            highlight=False,
+        )
+
+
+@handle_errors
+def stats(
+    run_dir: Path = RUN_DIR,
+    format: StatsFormat = typer.Option(StatsFormat.table, "--format", "-f", help="table or json"),
+) -> None:
+    """Summarize a run: funnel, drops by reason, pass rates, bands, teachers, dedup, exports."""
+    from curate.summary import summarize
+
+    summary = summarize(run_dir)
+    if summary.status:
+        err.print(f"[yellow]warning:[/yellow] {summary.status}", highlight=False)
+    if format is StatsFormat.json:
+        typer.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        print_summary(out, summary)
+
+
+@handle_errors
+def report(
+    run_dir: Path = RUN_DIR,
+    output: Path = typer.Option(
+        Path("report.html"), "--output", "-o", help="the HTML file to write"
+    ),
+) -> None:
+    """Write one self-contained HTML page with the run's plots and sample traces."""
+    from curate.report import write_report
+
+    summary = write_report(run_dir, output)
+    if summary.status:
+        err.print(f"[yellow]warning:[/yellow] {summary.status}", highlight=False)
+    err.print(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB); open it in a browser")
