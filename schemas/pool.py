@@ -75,6 +75,7 @@ HYGIENE_COLUMNS: list[pa.Field] = [
     pa.field("dup_cluster", pa.string()),
     pa.field("dup_of", pa.string()),
     pa.field("contaminated_with", pa.string()),
+    pa.field("quality_flags", pa.string()),  # quality with action: flag; comma-separated
 ]
 
 POOL_SCHEMA = pa.schema(
