@@ -46,10 +46,10 @@ and `no_final_answer` are the checks that catch it.
 The text a check reads (`on`): `completion`, `reasoning`, or `trace`, which is the reasoning and
 the completion joined by a newline (just the completion when the pool has no reasoning column).
 
-Before `verify` has run, `no_final_answer` can only know the formats that extraction knows; a
-trace that ends in another one (e.g. the "# Answer" heading of PRM800K-style QwQ traces) counts
-as having no answer. Check a sample first, or run `verify` (with `extract: regex` for such a
-format) before `quality`, so that its extracted_answer decides.
+Before `verify` has run, `no_final_answer` can only know the formats that extraction knows
+(`\\boxed{}`, "answer is", "Answer:", a "# Answer" heading line); a trace that ends in another
+one counts as having no answer. Check a sample first, or run `verify` (with `extract: regex` for
+such a format) before `quality`, so that its extracted_answer decides.
 
 `truncated` with its default value is skipped on a pool without a `finish_reason` column (traces
 imported without one); writing `truncated: true` in the spec makes that an error instead.

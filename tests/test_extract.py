@@ -9,8 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from curate.verifiers.extract import (
-    _ANSWER_MARKER,
-    _answer_markers_from_last,
+    answer_markers_from_last,
     extract_answer,
     last_answer_is,
     last_boxed,
@@ -108,27 +107,30 @@ def test_every_real_completion_yields_an_answer() -> None:
     assert differing == {(3, "4:30 \\text{ p.m.}")}
 
 
+MARKER_PIECES = ["answer", "Answer", "ANSWER is", "answers", " is ", ":", "=", "**", "x", "\n"]
+MARKER_PIECES += ["İ", "5", "# ", "## Final "]
+
+
 @given(
     st.lists(
-        st.sampled_from(
-            [
-                "answer",
-                "Answer",
-                "ANSWER is",
-                "answers",
-                " is ",
-                ":",
-                "=",
-                "**",
-                "x",
-                "\n",
-                "İ",
-                "5",
-            ]
-        ),
+        st.sampled_from(MARKER_PIECES),
         max_size=30,
     ).map("".join)
 )
-def test_backward_marker_scan_finds_the_same_markers_as_the_regex(text: str) -> None:
-    expected = [m.span() for m in reversed(list(_ANSWER_MARKER.finditer(text)))]
-    assert [m.span() for m in _answer_markers_from_last(text)] == expected
+def test_backward_scan_finds_the_same_markers_as_the_regex_fallback(text: str) -> None:
+    fast = [m.span() for m in answer_markers_from_last(text)]
+    assert fast == [m.span() for m in answer_markers_from_last(text, fast=False)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("So x = 4.\n\n# Answer\n\n4", "4"),
+        ("work\n## Final Answer\n$\\frac{1}{2}$\n", "\\frac{1}{2}"),
+        ("### **Answer**\n  17  \n", "17"),
+        ("The answer\nis unclear", None),  # not a heading: no marker
+        ("# Answer\n\n12\n\nso the answer is 13.", "13"),  # the last marker wins
+    ],
+)
+def test_markdown_answer_heading(text: str, expected: str | None) -> None:
+    assert last_answer_is(text) == expected

@@ -26,6 +26,10 @@ _BOX_BARE = re.compile(r"\\boxed[ \t]+([^\s${}\\]+)")
 
 # "the answer is X", "answer is: X", "Answer: X", "**Answer:** X", "**Answer**: X", "answer = X".
 _ANSWER_MARKER = re.compile(r"\banswer\b(?:\*\*)?[ \t]*(?:is\b[ \t]*:?|[:=])(?:\*\*)?", re.I)
+_ANSWER_WORD = re.compile("answer", re.I)
+# "# Answer", "## Final Answer", "### **Answer**": a heading line whose next line is the answer.
+_ANSWER_HEADING = re.compile(r"answer\b(?:\*\*)?[ \t]*:?[ \t]*(?=\n|\Z)", re.I)
+_HEADING_PREFIX = re.compile(r"[ \t]*#{1,6}[ \t]*(?:\*\*)?[ \t]*(?:final[ \t]+)?", re.I)
 _MARKDOWN_EDGES = re.compile(r"^(?:\*\*|__|\*)+|(?:\*\*|__|\*)+$")
 _SENTENCE_END = re.compile(r"\.\s")  # "5. Because ..." ends the answer; "3.5" does not
 
@@ -130,26 +134,45 @@ def _clean_marker_rest(rest: str) -> str | None:
     return value or None
 
 
-def _answer_markers_from_last(text: str) -> Iterator[re.Match[str]]:
-    """Answer markers from the last to the first. Scanning back from each "answer" found by
-    `str.rfind` on the lowercased text is about 30x faster than running the marker regex over
-    the whole completion, and finds the same matches (each marker starts with the word)."""
+def _answer_word_starts(text: str, *, fast: bool = True) -> Iterator[int]:
+    """Where the word "answer" (any case) starts, from the last to the first. `str.rfind` on
+    the lowercased text is about 30x faster than a regex over the whole completion; the regex
+    is the fallback when lowercasing changes the text's length (indices would shift)."""
     lowered = text.lower()
-    if len(lowered) != len(text):  # a character lowercased to several: indices would shift
-        yield from reversed(list(_ANSWER_MARKER.finditer(text)))
+    if fast and len(lowered) == len(text):
+        end = len(lowered)
+        while (start := lowered.rfind("answer", 0, end)) >= 0:
+            yield start
+            end = start
         return
-    end = len(lowered)
-    while (start := lowered.rfind("answer", 0, end)) >= 0:
-        match = _ANSWER_MARKER.match(text, start)
+    yield from reversed([match.start() for match in _ANSWER_WORD.finditer(text)])
+
+
+def _marker_at(text: str, start: int) -> re.Match[str] | None:
+    """An answer marker beginning at `start`: "answer is", "Answer:", or a Markdown heading
+    line "# Answer" / "## Final Answer" (PRM800K and QwQ put the answer on the next line)."""
+    match = _ANSWER_MARKER.match(text, start)
+    if match is not None:
+        return match
+    heading = _ANSWER_HEADING.match(text, start)
+    if heading is None:
+        return None
+    line_start = text.rfind("\n", 0, start) + 1
+    return heading if _HEADING_PREFIX.fullmatch(text, line_start, start) else None
+
+
+def answer_markers_from_last(text: str, *, fast: bool = True) -> Iterator[re.Match[str]]:
+    """The answer markers in `text`, from the last to the first."""
+    for start in _answer_word_starts(text, fast=fast):
+        match = _marker_at(text, start)
         if match is not None:
             yield match
-        end = start
 
 
 def last_answer_is(text: str) -> str | None:
     """The answer after the last "answer is" / "Answer:" marker. When the marker ends its line
     ("**Final Answer:**" then the answer on its own line), the next non-empty line is taken."""
-    for match in _answer_markers_from_last(text):
+    for match in answer_markers_from_last(text):
         line_end = text.find("\n", match.end())
         line_end = len(text) if line_end < 0 else line_end
         rest = text[match.end() : line_end]
