@@ -28,7 +28,7 @@ import polars as pl
 
 from curate import __version__
 from curate.errors import RunDirError
-from curate.inputs import read_input
+from curate.inputs import file_sha256, read_input
 from curate.operators import DROP_DETAIL, DROP_REASON, OpResult, Scope, StageContext, params_json
 from curate.parquet_io import (
     PartWriter,
@@ -58,14 +58,6 @@ PLAN_FILE = "plan.json"  # written when a build starts (see curate.run)
 
 def fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def new_run_id() -> str:
@@ -272,18 +264,6 @@ class Build:
     def _step_stage(self, step: Step, previous: dict[str, Any]) -> dict[str, Any]:
         op_cls = step.operator
         params = params_json(step.params)
-        stage_fingerprint = fingerprint(
-            {
-                "operator": op_cls.name,
-                "version": op_cls.version,
-                "params": params,
-                "input": previous["fingerprint"],
-            }
-        )
-        folder = self.paths.stage(step.stage_id)
-        reused = self._reusable(folder, stage_fingerprint)
-        if reused is not None:
-            return self._reused(reused)
         context = StageContext(
             stage_id=step.stage_id,
             seed=self.loaded.spec.seed,
@@ -292,6 +272,23 @@ class Build:
             workers=self.workers,
         )
         operator = op_cls(step.params, context=context)
+        files = {
+            str(path): file_sha256(path) if path.is_file() else "missing"
+            for path in operator.input_files()
+        }
+        payload: dict[str, Any] = {
+            "operator": op_cls.name,
+            "version": op_cls.version,
+            "params": params,
+            "input": previous["fingerprint"],
+        }
+        if files:
+            payload["files"] = files
+        stage_fingerprint = fingerprint(payload)
+        folder = self.paths.stage(step.stage_id)
+        reused = self._reusable(folder, stage_fingerprint)
+        if reused is not None:
+            return self._reused(reused)
         source = self.paths.stage(previous["stage_id"])
         total = count_rows(source)
         self.reporter.stage_started(step.stage_id, total)
@@ -332,6 +329,7 @@ class Build:
                 "params": params,
                 "fingerprint": stage_fingerprint,
                 "input_fingerprint": previous["fingerprint"],
+                **({"files": files} if files else {}),
                 "stats": stats.to_json(),
                 "run_id": self.run_id,
             }
@@ -367,4 +365,3 @@ def _dropped_arrow(dropped: pl.DataFrame) -> Any:
     for name in tail.column_names:
         body = body.append_column(name, tail.column(name))
     return body
-

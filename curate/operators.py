@@ -95,6 +95,11 @@ class Operator(ABC, Generic[P]):
     def apply(self, frame: pl.DataFrame) -> OpResult:
         """Map the pool (or a batch of it, for batch scope) to kept and dropped rows."""
 
+    def input_files(self) -> list[Path]:
+        """Files this step reads besides the pool (a tokenizer, a benchmark set). The engine
+        hashes their content into the stage fingerprint, so editing one re-runs the step."""
+        return []
+
     def run(self, frame: pl.DataFrame) -> OpResult:
         """Check required columns, then apply. The engine calls this."""
         missing = [c for c in self.requires if c not in frame.columns]

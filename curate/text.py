@@ -32,4 +32,3 @@ def match_key_expr(column: pl.Expr) -> pl.Expr:
 def words(text: str | None) -> list[str]:
     """Word tokens of the normalized text."""
     return _WORD.findall(match_key(text))
-

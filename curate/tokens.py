@@ -87,17 +87,23 @@ def _as_text(texts: pl.Series) -> pl.Series:
     raise OperatorError(f"cannot count tokens of column '{texts.name}' of type {texts.dtype}")
 
 
+def tokenizer_file(spec: str, *, base_dir: Path) -> Path | None:
+    """The tokenizer.json a spec names, resolved against `base_dir`; None for approximate."""
+    if spec.strip() == APPROXIMATE:
+        return None
+    candidate = Path(spec).expanduser()
+    return (candidate if candidate.is_absolute() else base_dir / candidate).resolve()
+
+
 def load_counter(spec: str, *, base_dir: Path) -> TokenCounter:
     """The counter a spec names: ``"approximate"`` or a path to a ``tokenizer.json``.
 
     A relative path resolves against `base_dir` (the spec file's folder). Raises OperatorError,
     naming the resolved path, when the file is missing or is not a tokenizer the `tokenizers`
     package can load."""
-    if spec.strip() == APPROXIMATE:
+    path = tokenizer_file(spec, base_dir=base_dir)
+    if path is None:
         return ApproximateCounter()
-    candidate = Path(spec).expanduser()
-    path = candidate if candidate.is_absolute() else (base_dir / candidate)
-    path = path.resolve()
     if not path.is_file():
         where = "does not exist" if not path.exists() else "is not a file"
         raise OperatorError(

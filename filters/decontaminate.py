@@ -45,6 +45,7 @@ contaminated   `action: drop` (the default) and the text matches a benchmark ite
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -220,6 +221,14 @@ class Decontaminate(Filter[DecontaminateParams]):
             pl.when(dropping).then(pl.lit(REASON)).otherwise(null).alias(DROP_REASON),
             pl.when(dropping).then(pl.col("__detail")).otherwise(null).alias(DROP_DETAIL),
         ).drop("__item", "__detail")
+
+    def input_files(self) -> list[Path]:
+        """Benchmark files named in `against`: their content is part of the stage fingerprint."""
+        return [
+            self.context.resolve(item.path)
+            for item in self.params.against
+            if not isinstance(item, str)
+        ]
 
     def benchmarks(self) -> list[Benchmark]:
         """The benchmarks named in `against`, loaded (files resolved against the spec folder)."""

@@ -24,6 +24,7 @@ Ties in length are broken by sample_index, then by row order.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import polars as pl
@@ -37,7 +38,7 @@ from curate.filters.common import (
     require_columns,
 )
 from curate.operators import DROP_DETAIL, DROP_REASON, Filter, Params, Scope
-from curate.tokens import APPROXIMATE, load_counter
+from curate.tokens import APPROXIMATE, load_counter, tokenizer_file
 
 DEFAULT_BUDGET_KEY = "default"
 LENGTH = "__prune_length"
@@ -96,6 +97,11 @@ class Prune(Filter[PruneParams]):
     scope: ClassVar[Scope] = Scope.GLOBAL
     params_model: ClassVar[type[Params]] = PruneParams
     requires: ClassVar[tuple[str, ...]] = ("problem_id", "prompt", "completion")
+
+    def input_files(self) -> list[Path]:
+        """The tokenizer.json, when one is named: a changed file re-runs the step."""
+        path = tokenizer_file(self.params.tokenizer, base_dir=self.context.base_dir)
+        return [] if path is None else [path]
 
     def decide(self, frame: pl.DataFrame) -> pl.DataFrame:
         params = self.params

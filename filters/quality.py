@@ -57,6 +57,7 @@ imported without one); writing `truncated: true` in the spec makes that an error
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import polars as pl
@@ -67,7 +68,7 @@ from curate.filters.common import Check, FloatWindow, IntWindow, first_failure, 
 from curate.filters.repetition import find_repetitions
 from curate.filters.scripts import check_scripts, letter_counts
 from curate.operators import DROP_DETAIL, DROP_REASON, Filter, Params, Scope
-from curate.tokens import APPROXIMATE, load_counter
+from curate.tokens import APPROXIMATE, load_counter, tokenizer_file
 from curate.verifiers.extract import extract_answer
 
 Part = Literal["trace", "completion", "reasoning"]
@@ -204,6 +205,14 @@ class Quality(Filter[QualityParams]):
     scope: ClassVar[Scope] = Scope.BATCH
     params_model: ClassVar[type[Params]] = QualityParams
     requires: ClassVar[tuple[str, ...]] = ("completion",)
+
+    def input_files(self) -> list[Path]:
+        """The tokenizer.json of token length bounds, when one is named."""
+        bounds = self.params.length
+        if bounds is None or not any(name.endswith("_tokens") for name, _ in bounds.bounds()):
+            return []
+        path = tokenizer_file(bounds.tokenizer, base_dir=self.context.base_dir)
+        return [] if path is None else [path]
 
     def decide(self, frame: pl.DataFrame) -> pl.DataFrame:
         params = self.params

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +17,7 @@ from curate.cli.main import app
 from curate.engine import Build
 from curate.spec import load_spec
 from curate.sql import connect
-from tests.conftest import QUICKSTART
+from tests.conftest import QUICKSTART, QUICKSTART_DATA, QUICKSTART_INPUT
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +179,31 @@ def test_exports_load_with_datasets(quickstart: Path, monkeypatch: pytest.Monkey
     )
     for column in ("prompt", "chosen", "rejected"):
         assert all(set(m) == {"role", "content"} for m in pref[0][column])
+
+
+def test_editing_a_file_a_step_reads_reruns_that_step(write_spec: Callable[[str], Path]) -> None:
+    """A benchmark file named by `decontaminate` is part of its stage fingerprint: the same
+    spec with an edited file re-runs the step (and what follows), an untouched one is reused."""
+    first_prompt = json.loads(QUICKSTART_DATA.read_text().splitlines()[0])["question"]
+    spec = write_spec(
+        "name: leak\n"
+        + QUICKSTART_INPUT
+        + """
+steps:
+  - decontaminate: {against: [{path: data/bench.jsonl, text: problem}], method: exact}
+  - verify: {method: exact}
+"""
+    )
+    bench = spec.parent / "data" / "bench.jsonl"
+    bench.write_text(json.dumps({"problem": "not a quickstart problem"}) + "\n")
+
+    def stages() -> dict[str, tuple[str, int]]:
+        manifest = Build(load_spec(spec)).run()
+        return {s["stage_id"]: (s["status"], s["stats"]["rows_out"]) for s in manifest["stages"]}
+
+    assert stages()["01-decontaminate"] == ("ran", 800)
+    assert stages()["01-decontaminate"] == ("reused", 800)
+    bench.write_text(json.dumps({"problem": first_prompt}) + "\n")  # now one problem leaks
+    after = stages()
+    assert after["01-decontaminate"] == ("ran", 792)
+    assert after["02-verify"] == ("ran", 792)
