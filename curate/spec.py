@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,23 @@ class LoadedSpec:
             return matches[0]
         raise KeyError(name)
 
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case) are booleans.
+    YAML 1.1 also reads on/off/yes/no as booleans, which would turn the `on:` key of dedup,
+    decontaminate and quality into `True`, and `answer: no` into false."""
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 class _Positions:
     """Maps a validation location (keys and list indexes) to a line and column in the YAML."""
@@ -223,8 +241,8 @@ def load_spec(path: str | Path) -> LoadedSpec:
         line = raw_bytes[: exc.start].count(b"\n") + 1
         raise SpecError(f"{file}:{line}: not UTF-8 text (byte {exc.start})") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=SpecLoader)
+        data = yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass: safe
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file

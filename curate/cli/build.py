@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -23,6 +24,7 @@ def build(
     from curate.progress import RichReporter
 
     loaded = load_spec(spec)
+    show_operator_logs()
     reporter = RichReporter(err)
     reporter.message(f"building [bold]{loaded.spec.name}[/bold] → {loaded.run_dir}")
     manifest = Build(loaded, reporter=reporter, force=force, workers=workers or None).run()
@@ -32,6 +34,22 @@ def build(
         f"({reused} reused), manifest at {loaded.run_dir / 'manifest.json'}"
     )
     err.print(f'explore it: curate sql {loaded.run_dir} "SELECT * FROM problems LIMIT 5"')
+
+
+def show_operator_logs() -> None:
+    """Operators say what they decided at INFO on loggers under `curate` (dedup prints its
+    bands x rows split and the threshold it implies); show those lines on stderr, through the
+    same console as the progress bars so they do not tear them."""
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("curate")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(
+            console=err, show_time=False, show_level=False, show_path=False, markup=False
+        )
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 @handle_errors
