@@ -49,6 +49,17 @@ def test_quickstart_spec_is_valid() -> None:
     assert loaded.spec.outputs.preference is not None
 
 
+def test_on_is_a_key_and_yes_no_are_strings(write_spec: WriteSpec) -> None:
+    """YAML 1.1 would read `on:` as the boolean True (and `no` as false); specs use YAML 1.2."""
+    text = GOOD.replace(
+        "  - verify: {method: math}\n",
+        "  - decontaminate: {against: [math500], on: prompt}\n  - verify: {method: math}\n",
+    ).replace("name: t\n", "name: no\n")
+    loaded = load_spec(write_spec(text))
+    assert loaded.spec.name == "no"
+    assert loaded.steps[0].params.model_dump()["on"] == "prompt"
+
+
 def test_spec_hash_ignores_comments_and_layout(write_spec: WriteSpec) -> None:
     first = load_spec(write_spec(GOOD)).spec_hash
     second = load_spec(write_spec("# a comment\n" + GOOD.replace("{}", "{ }"))).spec_hash
