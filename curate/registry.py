@@ -13,6 +13,9 @@ OPERATORS: dict[str, str] = {
     "grade": "curate.filters.grade:Grade",
     "select": "curate.filters.select:Select",
     "prune": "curate.filters.prune:Prune",
+    "dedup": "curate.filters.dedup:Dedup",
+    "decontaminate": "curate.filters.decontaminate:Decontaminate",
+    "quality": "curate.filters.quality:Quality",
 }
 
 
