@@ -69,7 +69,6 @@ class LoadedSpec:
         raise KeyError(name)
 
 
-
 class SpecLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case) are booleans.
     YAML 1.1 also reads on/off/yes/no as booleans, which would turn the `on:` key of dedup,
@@ -85,6 +84,7 @@ SpecLoader.add_implicit_resolver(
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
 )
+
 
 class _Positions:
     """Maps a validation location (keys and list indexes) to a line and column in the YAML."""

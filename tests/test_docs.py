@@ -18,7 +18,7 @@ COMMANDS = ["build", "validate", "ops", "sql", "shell", "stats", "report", "publ
 
 def test_spec_json_schema_file_is_current() -> None:
     on_disk = json.loads((REPO / "schemas" / "spec.schema.json").read_text())
-    assert on_disk == spec_json_schema(), "run `make schema` to regenerate"
+    assert on_disk == spec_json_schema(), "run `make docs` to regenerate"
 
 
 def test_operator_reference_is_current() -> None:
