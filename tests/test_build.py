@@ -40,9 +40,11 @@ def test_outputs_and_manifest(quickstart: Path) -> None:
     assert [s["stage_id"] for s in manifest["stages"]] == [
         "00-input",
         "01-verify",
-        "02-grade",
-        "03-select",
-        "04-prune",
+        "02-decontaminate",
+        "03-grade",
+        "04-select",
+        "05-dedup",
+        "06-prune",
     ]
     assert manifest["stages"][0]["stats"]["rows_out"] == 800
     assert manifest["inputs"][0]["sha256"].startswith("5b9128525733336c")
@@ -68,7 +70,7 @@ def test_outputs_and_manifest(quickstart: Path) -> None:
 
 def test_preference_pairs_follow_redi(quickstart: Path) -> None:
     pairs = pl.read_parquet(quickstart.parent / "out" / "preference" / "*.parquet")
-    pool = pl.read_parquet(quickstart.parent / "runs/quickstart/stages/03-select/part-*.parquet")
+    pool = pl.read_parquet(quickstart.parent / "runs/quickstart/stages/04-select/part-*.parquet")
     mixed = (
         pool.filter(pl.col("verdict").is_not_null())
         .group_by("problem_id")
@@ -99,9 +101,11 @@ def test_changing_prune_reruns_only_prune_and_its_export(quickstart: Path, tmp_p
     assert status == {
         "00-input": "reused",
         "01-verify": "reused",
-        "02-grade": "reused",
-        "03-select": "reused",
-        "04-prune": "ran",
+        "02-decontaminate": "reused",
+        "03-grade": "reused",
+        "04-select": "reused",
+        "05-dedup": "reused",
+        "06-prune": "ran",
     }
     assert manifest["outputs"]["sft"]["status"] == "ran"
     assert manifest["outputs"]["preference"]["status"] == "reused"  # it reads `select`
@@ -125,7 +129,7 @@ def test_dropped_rows_carry_reasons_and_add_up(quickstart: Path) -> None:
 def test_sql_views(quickstart: Path) -> None:
     con = connect(quickstart.parent / "runs" / "quickstart")
     problems = con.execute("SELECT count(*), count(difficulty) FROM problems").fetchone()
-    assert problems == (100, 100)
+    assert problems == (100, 93)  # 7 problems leave at decontaminate, before they are graded
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
     assert {
         "pool",
@@ -135,7 +139,9 @@ def test_sql_views(quickstart: Path) -> None:
         "stage_input",
         "stage_verify",
         "stage_grade",
+        "stage_decontaminate",
         "stage_select",
+        "stage_dedup",
         "stage_prune",
         "sft",
         "preference",

@@ -76,28 +76,32 @@ def test_stats_matches_the_runs_sql(run_dir: Path) -> None:
     drops = {(d["stage_id"], d["reason"]): d["rows"] for d in stats["drops"]}
     rows = con.execute("SELECT drop_stage, drop_reason, count(*) FROM dropped GROUP BY ALL")
     assert drops == {(s, r): n for s, r, n in rows.fetchall()}
-    assert drops[("04-prune", "beyond_per_problem")] == 492  # quickstart README's funnel
+    assert drops[("06-prune", "beyond_per_problem")] == 246  # quickstart README's funnel
     # pass-rate distribution: bins of 0.1, the last one closed
     rates = con.execute("SELECT pass_rate FROM problems WHERE pass_rate IS NOT NULL").fetchall()
     bins = [0] * 10
     for (rate,) in rates:
         bins[min(int(rate * 10), 9)] += 1
-    assert stats["pass_rates"]["counts"] == bins and sum(bins) == 100
+    assert stats["pass_rates"]["counts"] == bins and sum(bins) == 93  # 7 left ungraded
     # bands: problems, traces kept, tokens kept
     for band in stats["bands"]:
+        name = band["name"]
+        where = "difficulty IS NULL" if name == "ungraded" else f"difficulty = '{name}'"
         problems, kept, tokens = one(
             "SELECT count(DISTINCT problem_id), count(*) FILTER (WHERE drop_stage IS NULL), "
             "sum(completion_tokens) FILTER (WHERE drop_stage IS NULL) FROM traces "
-            f"WHERE problem_id IN (SELECT problem_id FROM problems WHERE difficulty = "
-            f"'{band['name']}')"
+            f"WHERE problem_id IN (SELECT problem_id FROM problems WHERE {where})"
         )
-        assert (band["problems"], band["kept"], band["length_kept"]["total"]) == (
-            problems,
-            kept,
-            tokens,
-        )
-    assert [b["name"] for b in stats["bands"]] == ["easy", "medium", "hard"]  # spec order
-    assert [(b["problems"], b["kept"]) for b in stats["bands"]] == [(90, 173), (6, 12), (4, 2)]
+        total = band["length_kept"]["total"] if band["length_kept"] else None
+        assert (band["problems"], band["kept"], total) == (problems, kept, tokens)
+    # spec order, then the problems that left before grading (decontaminate)
+    assert [b["name"] for b in stats["bands"]] == ["easy", "medium", "hard", "ungraded"]
+    assert [(b["problems"], b["kept"]) for b in stats["bands"]] == [
+        (84, 152),
+        (5, 9),
+        (4, 2),
+        (7, 0),
+    ]
     # teachers
     (teacher,) = stats["teachers"]
     assert (teacher["judged"], teacher["correct"]) == one(
@@ -111,16 +115,22 @@ def test_stats_matches_the_runs_sql(run_dir: Path) -> None:
     assert export["length"]["median"] == pytest.approx(
         (sft["completion_tokens"] + sft["reasoning_tokens"].fill_null(0)).median()
     )
-    assert stats["dedup"] == []
+    sizes = con.execute(
+        "SELECT n, count(*) FROM (SELECT dup_cluster, count(*) AS n FROM traces "
+        "WHERE dup_cluster IS NOT NULL GROUP BY 1 HAVING n > 1) GROUP BY 1"
+    ).fetchall()
+    [dedup] = stats["dedup"]
+    assert dedup["stage_id"] == "05-dedup" and dedup["sizes"] == {str(n): c for n, c in sizes}
+    assert dedup["clusters"] == sum(c for _, c in sizes) == 102
 
 
 def test_stats_prints_tables(run_dir: Path) -> None:
     code, output = invoke("stats", run_dir)
     assert code == 0, output
-    for text in ("funnel", "04-prune", "pass_rate_outside_window", "difficulty bands", "medium"):
+    for text in ("funnel", "06-prune", "pass_rate_outside_window", "difficulty bands", "medium"):
         assert text in output
     assert "qwen2.5" in output and "737" in output  # the teacher and its correct traces
-    assert "no dedup step in this run" in output
+    assert "dedup 05-dedup: 102 clusters over 349 rows" in flat(output)
 
 
 # --- SQL and shell ----------------------------------------------------------------------------
@@ -150,8 +160,8 @@ def test_shell_from_a_pipe(run_dir: Path) -> None:
     )
     code, output = invoke("shell", run_dir, input=script)
     assert code == 0, output
-    assert "easy" in output and "90" in output  # the first statement ran, over four lines
-    assert "stage_prune" in output and "187" in output  # .tables with row counts
+    assert "easy" in output and "84" in output  # the first statement ran, over four lines
+    assert "stage_prune" in output and "163" in output  # .tables with row counts
     assert "chosen_trace_id" in output  # .schema
     assert "error:" in output and "no_such_column" in output
     assert "a;b" in output  # a ';' inside quotes does not end a statement
@@ -182,9 +192,9 @@ def test_shell_on_a_terminal_keeps_history(run_dir: Path, tmp_path: Path) -> Non
         os.write(fd, b"SELECT count(*) AS kept\r")
         wait_for(b"...> ")  # a continuation prompt: the statement is not complete
         os.write(fd, b"FROM pool;\r")
-        wait_for(b"187")
+        wait_for(b"163")
         os.write(fd, b"\x1b[A\r")  # arrow up recalls the whole statement as one entry
-        wait_for(b"187", 2)
+        wait_for(b"163", 2)
         os.write(fd, b".quit\r")
     finally:
         os.waitpid(pid, 0)
@@ -227,15 +237,14 @@ def test_report_renders_every_plot_in_chromium(run_dir: Path, tmp_path: Path) ->
     assert {url.split(":", 1)[0] for url in result.requests} == {"file"}  # nothing fetched
     plots = result.value["plots"]
     assert list(plots) == ["funnel", "drops", "pass-rate", "length", "teachers", "dedup"]
-    for name in ("funnel", "drops", "pass-rate", "length", "teachers"):
+    for name in ("funnel", "drops", "pass-rate", "length", "teachers", "dedup"):
         assert plots[name]["svg"] >= 1 and plots[name]["traces"] >= 1, (name, plots[name])
     assert plots["pass-rate"]["bars"] == 10  # one bar per 0.1 bin
-    assert plots["length"]["boxes"] == 6  # all and kept, for easy, medium and hard
+    assert plots["length"]["boxes"] == 7  # all and kept for each band, all for ungraded
     assert plots["teachers"]["points"] == 1  # one teacher
-    assert plots["funnel"]["funnel"] == 7  # five stages and two exports
-    assert plots["drops"]["bars"] == 4  # one per (stage, reason) with rows
-    assert plots["dedup"]["svg"] == 0 and "no dedup step in this run" in plots["dedup"]["text"]
-    assert result.value["samples"] == 12  # up to 2 correct + 2 other per band, 3 bands
+    assert plots["funnel"]["funnel"] == 9  # seven stages and two exports
+    assert plots["drops"]["bars"] == 6  # one per (stage, reason) with rows
+    assert result.value["samples"] == 16  # up to 2 correct + 2 other per band, 4 bands
     assert result.value["status"] is False  # a finished run: no warning
     assert result.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(result.screenshot) > 50_000
     (tmp_path / "report.png").write_bytes(result.screenshot)
@@ -291,9 +300,9 @@ def test_a_stale_stage_of_an_older_build_counts_as_missing(run_dir: Path, tmp_pa
     plan["stages"][-1]["params"]["per_problem"] = 1
     (copy / "plan.json").write_text(json.dumps(plan))
     run = open_run(copy)
-    assert (run.finished, run.missing) == (False, ["04-prune"])
-    assert [s["stage_id"] for s in run.stages][-1] == "03-select"
-    assert summarize(run).kept == 784  # the select stage's rows
+    assert (run.finished, run.missing) == (False, ["06-prune"])
+    assert [s["stage_id"] for s in run.stages][-1] == "05-dedup"
+    assert summarize(run).kept == 481  # the dedup stage's rows
 
 
 # --- dedup cluster sizes ----------------------------------------------------------------------

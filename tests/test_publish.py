@@ -67,12 +67,12 @@ def test_dry_run_folder_loads_with_datasets(dry_run: Path, out_dir: Path, tmp_pa
     ]
     manifest = json.loads((out_dir / "sft" / "manifest.json").read_text())
     sft = datasets.load_dataset(str(dry_run), "sft", split="train", cache_dir=str(tmp_path / "c"))
-    assert sft.num_rows == manifest["outputs"]["sft"]["rows"] == 187
+    assert sft.num_rows == manifest["outputs"]["sft"]["rows"] == 163
     assert [m["role"] for m in sft[0]["messages"]] == ["system", "user", "assistant"]
     pairs = datasets.load_dataset(
         str(dry_run), "preference", split="train", cache_dir=str(tmp_path / "c")
     )
-    assert pairs.num_rows == manifest["outputs"]["preference"]["rows"] == 11
+    assert pairs.num_rows == manifest["outputs"]["preference"]["rows"] == 10
     assert pairs[0]["chosen"][-1]["role"] == "assistant"
 
 
@@ -84,7 +84,7 @@ def test_card_header_validates(dry_run: Path) -> None:
     data = card.data
     assert data.license == "mit"  # from the spec
     assert data.task_categories == ["text-generation"]
-    assert data.size_categories == ["n<1K"]  # 187 + 11 rows
+    assert data.size_categories == ["n<1K"]  # 163 + 10 rows
     assert {"curate", "sft", "preference"} <= set(data.tags)
     configs = MetadataConfigs.from_dataset_card_data(data)
     assert configs == {
@@ -117,8 +117,8 @@ def test_card_body_says_how_the_data_was_made(dry_run: Path) -> None:
     assert 'load_dataset("curate-tests/quickstart", "sft", split="train")' in text
     assert "qwen2.5-math-instruct" in text  # the teacher
     assert "Verifier: `verify`" in text and '"method": "math"' in text
-    assert "| 04-prune | prune | 784 | 187 | 597 |" in text  # the stage with rows in and out
-    assert "| easy | 90 | 0.993 | 720 | 173 |" in text  # a band, as `curate stats` gives it
+    assert "| 06-prune | prune | 481 | 163 | 318 |" in text  # the stage with rows in and out
+    assert "| easy | 84 | 0.993 | 672 | 152 |" in text  # a band, as `curate stats` gives it
     assert "license: mit" in text.split("## The spec", 1)[1]  # the spec itself
     manifest = (dry_run / "curate" / "manifest.json").read_text()
     assert str(dry_run.parent.parent) not in manifest  # no local paths of this machine

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quickstart: build the spec, then ask the run three questions in SQL.
+# The quickstart: build the spec, then ask the run four questions in SQL.
 set -euo pipefail
 cd "$(dirname "$0")"
 CURATE="${CURATE:-curate}"
@@ -18,6 +18,11 @@ echo "== Our math-verify verdicts against the correctness flags shipped with the
          round(100.0 * agree / judged, 2) AS agreement_pct,
          count(*) FILTER (WHERE verdict IS NULL) AS not_judged
   FROM stage_verify"
+
+echo "== Benchmark problems removed, and the item each matched"
+"$CURATE" sql "$RUN" "
+  SELECT problem_id, any_value(contaminated_with) AS matched, count(*) AS traces
+  FROM dropped WHERE drop_stage = '02-decontaminate' GROUP BY ALL ORDER BY ALL"
 
 echo "== Problems by difficulty band"
 "$CURATE" sql "$RUN" "
