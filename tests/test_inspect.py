@@ -386,3 +386,12 @@ def test_dedup_cluster_sizes(tmp_path: Path) -> None:
     assert 'id="plot-dedup"' in text and "no dedup step" not in text
     code, output = invoke("stats", tmp_path)
     assert code == 0 and "dedup 01-dedup: 3 clusters over 6 rows" in flat(output)
+
+
+def test_sql_and_shell_print_brackets_as_text(run_dir: Path) -> None:
+    """Values are text, not Rich markup: '[bold]' and list values survive."""
+    query = "SELECT 'a[bold]b[x,y]c' AS t, [1, 2] AS l"
+    code, output = invoke("sql", run_dir, query)
+    assert code == 0 and "a[bold]b[x,y]c" in output and "[1, 2]" in output, output
+    code, output = invoke("shell", run_dir, input=query + ";\n")
+    assert code == 0 and "a[bold]b[x,y]c" in output and "[1, 2]" in output, output

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from curate.cli.common import err, handle_errors, out
 from curate.spec import load_spec
+
+if TYPE_CHECKING:
+    from curate.costs import CostPlan
 
 SPEC = typer.Argument(..., help="the spec file (YAML)", exists=False)
 
@@ -18,22 +24,83 @@ def build(
     spec: Path = SPEC,
     force: bool = typer.Option(False, "--force", help="re-run every stage, reuse nothing"),
     workers: int = typer.Option(0, "--workers", help="processes for CPU-bound steps (0: auto)"),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="ask teachers again: ignore (and overwrite) cached answers"
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="send nothing, write nothing: print each sample step's requests, what the cache "
+        "answers, and the worst-case tokens and cost",
+    ),
 ) -> None:
     """Run the spec: read input, run each step (reusing unchanged stages), write outputs."""
     from curate.engine import Build
     from curate.progress import RichReporter
 
     loaded = load_spec(spec)
+    if dry_run:
+        from curate.costs import cost_plan
+
+        print_cost_plan(cost_plan(Build(loaded, force=force, refresh=refresh)), out)
+        return
     show_operator_logs()
     reporter = RichReporter(err)
     reporter.message(f"building [bold]{loaded.spec.name}[/bold] → {loaded.run_dir}")
-    manifest = Build(loaded, reporter=reporter, force=force, workers=workers or None).run()
+    build_ = Build(loaded, reporter=reporter, force=force, workers=workers or None, refresh=refresh)
+    manifest = build_.run()
     reused = sum(1 for s in manifest["stages"] if s["status"] == "reused")
     err.print(
         f"run {manifest['run_id']}: {len(manifest['stages'])} stages "
         f"({reused} reused), manifest at {loaded.run_dir / 'manifest.json'}"
     )
     err.print(f'explore it: curate sql {loaded.run_dir} "SELECT * FROM problems LIMIT 5"')
+
+
+def print_cost_plan(plan: CostPlan, console: Console) -> None:
+    """The cost plan as a table: per sample step and teacher, what is asked and its worst case."""
+    if plan.note:
+        console.print(f"  [yellow]{plan.note}[/yellow]", highlight=False)
+        return
+    if not plan.steps:
+        return
+    table = Table(title="teacher requests", title_justify="left")
+    for name in ("step", "teacher", "samples", "cached", "to send", "worst tokens", "worst $"):
+        table.add_column(name, justify="left" if name in ("step", "teacher") else "right")
+    estimated = False
+    for step in plan.steps:
+        estimated = estimated or not step.exact
+        label = step.stage_id if step.exact else f"{step.stage_id}*"
+        for t in step.teachers:
+            table.add_row(
+                label,
+                t.teacher,
+                f"{t.samples:,}",
+                f"{t.cached:,}",
+                f"{t.requests:,}",
+                f"{t.prompt_tokens + t.completion_tokens:,}",
+                f"{t.cost_usd:,.4f}",
+            )
+    console.print(table)
+    console.print(
+        "  to send: what the cache does not answer; worst: prompt estimate + max_tokens"
+        + (
+            "\n  * from the input file, as if the steps before it kept every row: at most"
+            if estimated
+            else ""
+        ),
+        highlight=False,
+    )
+    worst = plan.worst_cost_usd
+    if plan.budget_usd is not None:
+        verdict = "within" if worst <= plan.budget_usd else "over"
+        console.print(
+            f"  worst case ${worst:,.4f}, {verdict} budget_usd ${plan.budget_usd:,.4f}; "
+            "sending stops once the budget is spent",
+            highlight=False,
+        )
+    else:
+        console.print(f"  worst case ${worst:,.4f} (no budget_usd set)", highlight=False)
 
 
 def show_operator_logs() -> None:
@@ -54,7 +121,11 @@ def show_operator_logs() -> None:
 
 @handle_errors
 def validate(spec: Path = SPEC) -> None:
-    """Check a spec without running it; exit code 2 when it is invalid."""
+    """Check a spec without running it; exit code 2 when it is invalid. With sample steps,
+    also print their requests and worst-case tokens and cost (as `build --dry-run` does)."""
+    from curate.costs import cost_plan
+    from curate.engine import Build
+
     loaded = load_spec(spec)
     out.print(f"[green]ok[/green] {spec}: {len(loaded.steps)} steps")
     out.print(f"  input   {loaded.resolve(loaded.spec.input.path)}")
@@ -66,3 +137,4 @@ def validate(spec: Path = SPEC) -> None:
         if output is not None:
             out.print(f"  → {kind:<10} {loaded.resolve(output.path)}")
     out.print(f"  run dir {loaded.run_dir}")
+    print_cost_plan(cost_plan(Build(loaded)), out)

@@ -10,6 +10,8 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from curate.errors import CurateError
 
@@ -35,7 +37,19 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except CurateError as exc:
-            err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+            # escaped: messages hold brackets ("pip install 'curate[vllm]'"), not markup
+            err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
+
+
+def cell(value: object) -> Text:
+    """One SQL value as a table cell: plain text, never Rich markup (values hold brackets, as in
+    `[1, 2]` or `curate[vllm]`), null as ∅, floats to 4 significant digits, long text cut."""
+    if value is None:
+        return Text("∅")
+    if isinstance(value, float):
+        return Text(f"{value:.4g}")
+    text = str(value)
+    return Text(text if len(text) <= 80 else text[:77] + "…")

@@ -11,6 +11,7 @@ from curate.cli.ops import ops, schema
 from curate.cli.publish import publish
 from curate.cli.shell import shell
 from curate.cli.sql import sql
+from curate.cli.teacher_server import teacher_server
 
 app = typer.Typer(
     name="curate",
@@ -45,6 +46,7 @@ app.command()(stats)
 app.command()(report)
 app.command()(publish)
 app.command()(schema)
+app.command(name="teacher-server")(teacher_server)
 
 if __name__ == "__main__":
     app()

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from curate.cli.common import handle_errors, out
+from curate.cli.common import cell, handle_errors, out
 
 HELP = """\
 Statements end with ';' and may span several lines. Views: pool, problems, traces, dropped,
@@ -61,21 +61,12 @@ def statement_complete(text: str) -> bool:
     return quote is None and last == ";"
 
 
-def _cell(value: object) -> str:
-    if value is None:
-        return "∅"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 80 else text[:77] + "…"
-
-
 def print_rows(
     console: Console, columns: Sequence[str], rows: Sequence[Sequence[Any]], max_rows: int
 ) -> None:
     table = Table(*columns)
     for row in rows[:max_rows]:
-        table.add_row(*[_cell(v) for v in row])
+        table.add_row(*[cell(v) for v in row])
     console.print(table)
     if len(rows) > max_rows:
         console.print(f"[dim](more than {max_rows} rows; .maxrows N shows more)[/dim]")

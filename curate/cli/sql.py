@@ -8,7 +8,7 @@ import duckdb
 import typer
 from rich.table import Table
 
-from curate.cli.common import Format, err, handle_errors, out
+from curate.cli.common import Format, cell, err, handle_errors, out
 from curate.errors import CurateError
 
 
@@ -71,16 +71,7 @@ def _print_table(relation: duckdb.DuckDBPyRelation, max_rows: int) -> None:
     table = Table(*relation.columns, show_lines=False)
     rows = relation.limit(max_rows + 1).fetchall()
     for row in rows[:max_rows]:
-        table.add_row(*[_cell(v) for v in row])
+        table.add_row(*[cell(v) for v in row])
     out.print(table)
     if len(rows) > max_rows:
         out.print(f"[dim](more than {max_rows} rows; use --max-rows or --format csv)[/dim]")
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "∅"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 80 else text[:77] + "…"
