@@ -3,10 +3,16 @@
 For every row it extracts an answer from `completion` and adds the verdict columns
 (`extracted_answer`, `verdict`, `score`, `verifier`, `verify_detail`). It never drops a row: a
 trace that cannot be judged (no answer, unusable reference, timeout) gets a null verdict and a
-`verify_detail` saying why, and later steps decide what to do with it.
+`verify_detail` saying why, and later steps decide what to do with it. A row whose teacher
+request failed (`error` set, see `sample`) is not judged: null verdict, detail "request failed".
 
 Methods: `math` (math-verify equivalence, in worker processes, each check bounded in time),
-`exact` (normalized string), `numeric` (numbers within a tolerance), `choice` (option letters).
+`exact` (normalized string), `numeric` (numbers within a tolerance), `choice` (option letters),
+and two that read the problem's `problem_meta` instead of its reference answer: `code` (run the
+trace's code against the problem's tests in a sandbox, curate.verifiers.code) and
+`demonstrations` (count the demonstration outputs a rule's applications reproduce, for ReDis;
+curate.verifiers.demonstrations). Their `score` is more than 1/0: the fraction of tests passed,
+the number of demonstrations reproduced.
 """
 
 from __future__ import annotations
@@ -18,15 +24,22 @@ from typing import ClassVar, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
+from curate.errors import OperatorError
 from curate.operators import Operator, OpResult, Params, Scope
 from curate.verifiers.extract import ExtractMode, extract_answer
 from curate.verifiers.result import Judgement, no_answer, unparseable_reference
+from curate.verifiers.scored import Scored
 from curate.verifiers.simple import choice_check, exact_check, extract_choice, numeric_check
 
-Method = Literal["math", "exact", "numeric", "choice"]
+Method = Literal["math", "exact", "numeric", "choice", "code", "demonstrations"]
+ROW_METHODS = ("code", "demonstrations")  # judged from problem_meta, not reference_answer
 
 COMPLETION = "completion"
 REFERENCE = "reference_answer"
+ERROR = "error"
+META = "problem_meta"
+PROMPT = "prompt"
+REQUEST_FAILED = "request failed"
 
 
 class VerifyParams(Params):
@@ -37,7 +50,9 @@ class VerifyParams(Params):
         description=(
             "math: math-verify equivalence (fractions, radicals, intervals, ...); "
             "exact: normalized string equality; numeric: numbers within rel_tol/abs_tol; "
-            "choice: multiple-choice letters"
+            "choice: multiple-choice letters; code: run the trace's last ```python block "
+            "against problem_meta's tests in a sandbox; demonstrations: count the "
+            "demonstration outputs (problem_meta) the completion's applications reproduce"
         ),
     )
     extract: ExtractMode = Field(
@@ -45,7 +60,8 @@ class VerifyParams(Params):
         description=(
             "where the answer is: boxed (last \\boxed{}), answer_is (last 'answer is X' / "
             "'Answer: X'), regex (group 1 of the last match of `pattern`); auto: boxed, "
-            "then answer_is"
+            "then answer_is. code: auto is the last ```python block, regex the pattern's "
+            "group 1; demonstrations: auto only"
         ),
     )
     pattern: str | None = Field(
@@ -57,7 +73,36 @@ class VerifyParams(Params):
         le=600,
         description=(
             "math: seconds allowed for each parse and comparison (whole seconds: math-verify "
-            "uses SIGALRM); a check past that gets a null verdict, detail 'timeout'"
+            "uses SIGALRM); a check past that gets a null verdict, detail 'timeout'. code: "
+            "wall-clock seconds for one trace's run (start-up and all tests); past that the "
+            "process group is killed and the verdict is false, detail 'timeout: ...'"
+        ),
+    )
+    memory_mb: int = Field(
+        default=1024,
+        ge=64,
+        le=65536,
+        description="code: address-space limit of the sandboxed process, in MiB",
+    )
+    tests_field: str | None = Field(
+        default=None,
+        description=(
+            "code: the problem_meta key holding the tests (a string of Python, or a list of "
+            "strings, one test each); default: the first of tests, test, test_list present"
+        ),
+    )
+    entry_point_field: str = Field(
+        default="entry_point",
+        description=(
+            "code: the problem_meta key naming the function that HumanEval-style "
+            "check(candidate) tests call; when absent, the last `def` in the prompt"
+        ),
+    )
+    demonstrations_field: str | None = Field(
+        default=None,
+        description=(
+            "demonstrations: the problem_meta key holding the {input, output} "
+            "demonstrations; default: the first of demonstrations, train, examples present"
         ),
     )
     rel_tol: float = Field(default=1e-9, ge=0.0, description="numeric: relative tolerance")
@@ -83,6 +128,10 @@ class VerifyParams(Params):
                 )
         elif self.pattern is not None:
             raise ValueError("`pattern` is used only with extract: regex")
+        if self.method == "code" and self.extract not in ("auto", "regex"):
+            raise ValueError("method: code takes extract: auto (last ```python block) or regex")
+        if self.method == "demonstrations" and self.extract != "auto":
+            raise ValueError("method: demonstrations takes only extract: auto")
         return self
 
 
@@ -101,6 +150,10 @@ class Verify(Operator[VerifyParams]):
             from curate.verifiers.math import MATH_VERIFIER
 
             return MATH_VERIFIER
+        if self.params.method == "code":
+            from curate.verifiers.code import code_verifier_name
+
+            return code_verifier_name()
         return self.params.method
 
     def extract(self, completion: str | None) -> str | None:
@@ -116,8 +169,26 @@ class Verify(Operator[VerifyParams]):
     def apply(self, frame: pl.DataFrame) -> OpResult:
         completions = frame.get_column(COMPLETION).cast(pl.String).to_list()
         references = frame.get_column(REFERENCE).cast(pl.String).to_list()
-        answers = [self.extract(text) for text in completions]
-        judgements = self.judge(answers, references)
+        errors = (
+            frame.get_column(ERROR).cast(pl.String).to_list()
+            if ERROR in frame.columns
+            else [None] * frame.height
+        )
+        judged: list[Judgement] | list[Scored]
+        if self.params.method in ROW_METHODS:
+            usable = [c if e is None else None for c, e in zip(completions, errors, strict=True)]
+            found, judged = self.judge_rows(frame, usable)
+            answers = [a if e is None else None for a, e in zip(found, errors, strict=True)]
+        else:
+            answers = [
+                self.extract(text) if error is None else None
+                for text, error in zip(completions, errors, strict=True)
+            ]
+            judged = self.judge(answers, references)
+        judgements: list[Judgement | Scored] = list(judged)
+        for i, error in enumerate(errors):
+            if error is not None:
+                judgements[i] = Judgement(None, f"{REQUEST_FAILED}: {error}")
         columns = [
             pl.Series("extracted_answer", answers, dtype=pl.String),
             pl.Series("verdict", [j.verdict for j in judgements], dtype=pl.Boolean),
@@ -128,6 +199,42 @@ class Verify(Operator[VerifyParams]):
             pl.Series("verify_detail", [j.detail for j in judgements], dtype=pl.String),
         ]
         return OpResult.keep_all(frame.with_columns(columns))
+
+    def judge_rows(
+        self, frame: pl.DataFrame, completions: list[str | None]
+    ) -> tuple[list[str | None], list[Scored]]:
+        """code / demonstrations: (what was found in each completion, judgement) per row, from
+        the tests or demonstrations in problem_meta."""
+        params = self.params
+        if META not in frame.columns:
+            raise OperatorError(
+                f"step '{self.context.stage_id}' (verify, method: {params.method}) reads the "
+                f"{'tests' if params.method == 'code' else 'demonstrations'} from column "
+                f"'{META}', which the pool does not have; map them with input.columns.meta"
+            )
+        metas = frame.get_column(META).cast(pl.String).to_list()
+        if params.method == "code":
+            from curate.verifiers.code import judge_code
+            from curate.verifiers.sandbox import Limits
+
+            prompts = (
+                frame.get_column(PROMPT).cast(pl.String).to_list()
+                if PROMPT in frame.columns
+                else [None] * frame.height
+            )
+            return judge_code(
+                completions,
+                metas,
+                prompts,
+                pattern=params.pattern,
+                tests_field=params.tests_field,
+                entry_point_field=params.entry_point_field,
+                limits=Limits(wall_s=float(params.timeout_s), memory_mb=params.memory_mb),
+                workers=max(1, self.context.workers),
+            )
+        from curate.verifiers.demonstrations import judge_demonstrations
+
+        return judge_demonstrations(completions, metas, field=params.demonstrations_field)
 
     def judge(self, answers: list[str | None], references: list[str | None]) -> list[Judgement]:
         """One judgement per row. Rows without a reference or an answer are settled here; the
