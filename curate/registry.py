@@ -13,6 +13,7 @@ OPERATORS: dict[str, str] = {
     "grade": "curate.filters.grade:Grade",
     "select": "curate.filters.select:Select",
     "prune": "curate.filters.prune:Prune",
+    "pair": "curate.filters.pair:Pair",
     "dedup": "curate.filters.dedup:Dedup",
     "decontaminate": "curate.filters.decontaminate:Decontaminate",
     "quality": "curate.filters.quality:Quality",

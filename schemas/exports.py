@@ -35,6 +35,10 @@ PREFERENCE_SCHEMA = pa.schema(
         pa.field("chosen_tokens", pa.int64()),
         pa.field("rejected_tokens", pa.int64()),
         pa.field("prompt_tokens", pa.int64()),
+        # The values the pairing compared: the verdicts as 1.0 / 0.0 (REDI's rule), or the
+        # pair step's pair_score (a score, e.g. demonstrations a rule reproduces).
+        pa.field("chosen_score", pa.float64()),
+        pa.field("rejected_score", pa.float64()),
     ]
 )
 

@@ -78,6 +78,25 @@ HYGIENE_COLUMNS: list[pa.Field] = [
     pa.field("quality_flags", pa.string()),  # quality with action: flag; comma-separated
 ]
 
+# Written by `pair` (filters/pair.py; the rule is in curate/pairing.py). A candidate is a trace,
+# or the rows sharing the step's `item` column (a rule and its applications).
+PAIR_COLUMNS: list[pa.Field] = [
+    pa.field("pair_item", pa.string()),  # the row's candidate; null when it took no part
+    pa.field("pair_score", pa.float64()),  # the candidate's compared value (score, or verdict 1/0)
+    pa.field("won_pairs", pa.int64()),  # pairs the candidate was chosen in
+    pa.field("lost_pairs", pa.int64()),  # pairs the candidate was rejected in
+    # On a candidate's representative row only: the trace_ids (of the representative rows) of
+    # the candidates it was chosen over; null on every other row.
+    pa.field("beats", pa.list_(pa.string())),
+]
+
+# Written by `select` with `sample` (s1-style selection), on the rows of every problem that
+# entered the draw, kept or dropped as not_sampled, so the choice can be audited.
+SELECTION_COLUMNS: list[pa.Field] = [
+    pa.field("length_rank", pa.int64()),  # the problem's rank by length in its stratum, 0 first
+    pa.field("draw_order", pa.int64()),  # 1-based position in the draw; null when not drawn
+]
+
 POOL_SCHEMA = pa.schema(
     PROBLEM_COLUMNS
     + TRACE_COLUMNS
@@ -85,6 +104,8 @@ POOL_SCHEMA = pa.schema(
     + GRADE_COLUMNS
     + SIZE_COLUMNS
     + HYGIENE_COLUMNS
+    + PAIR_COLUMNS
+    + SELECTION_COLUMNS
 )
 
 # Columns that describe a problem (repeated on each of its trace rows).

@@ -66,16 +66,35 @@ class SFTOutput(Strict):
 
 
 class PreferenceOutput(Strict):
-    """Preference pairs by REDI's rule: first correct trace vs first incorrect, per problem."""
+    """Preference pairs: by REDI's rule (first correct trace vs first incorrect, per problem), or
+    the pairs a `pair` step made."""
 
     path: str = Field(description="folder the Parquet shards, manifest and spec go to")
     from_stage: str | None = Field(
         None, alias="from", description="stage whose pool to pair (default: the last)"
     )
+    pairs: Literal["first_correct", "pair_step"] = Field(
+        "first_correct",
+        description=(
+            "first_correct: REDI's rule, made here; pair_step: the pairs a `pair` step marked "
+            "(its `beats` column) in the `from` stage, which must still hold both sides"
+        ),
+    )
     chosen: Literal["correct"] = Field("correct", description="the chosen side of a pair")
     rejected: Literal["incorrect"] = Field("incorrect", description="the rejected side")
-    max_prompt_tokens: int | None = Field(None, ge=1, description="REDI uses 800")
-    max_response_tokens: int | None = Field(None, ge=1, description="REDI uses 19000")
+    max_prompt_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="REDI uses 800; first_correct: drops the problem; pair_step: drops the pairs",
+    )
+    max_response_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "REDI uses 19000; first_correct: a longer trace is no candidate; pair_step: drops "
+            "the pairs with a longer side"
+        ),
+    )
     tokenizer: str = Field("approximate", description="'approximate' or a path to a tokenizer.json")
     reasoning: Literal["think_tags", "omit"] = Field(
         "think_tags", description="how a separate reasoning part enters the responses"
