@@ -75,3 +75,9 @@ def test_ops_shows_parameters() -> None:
     assert "max_tokens" in result.output and "per_problem" in result.output
     unknown = CliRunner().invoke(app, ["ops", "prnue"])
     assert unknown.exit_code != 0 and "did you mean 'prune'" in unknown.output
+
+
+def test_ops_prints_bracketed_descriptions_as_text() -> None:
+    result = CliRunner().invoke(app, ["ops", "select"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "[medium, hard]" in result.output  # not swallowed as Rich markup

@@ -13,7 +13,9 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from curate.cli.common import handle_errors, out
 from curate.errors import CurateError
@@ -122,13 +124,14 @@ def ops(
     for op_name in names:
         op = get_operator(op_name)
         out.print(
-            f"[bold]{op_name}[/bold] [dim]({op.scope.value}, v{op.version})[/dim] — {op.describe()}"
+            f"[bold]{op_name}[/bold] [dim]({op.scope.value}, v{op.version})[/dim] — "
+            f"{escape(op.describe())}"
         )
         table = Table(show_header=True, header_style="dim", box=None, padding=(0, 2))
         for column in ("parameter", "type", "default", "description"):
             table.add_column(column, overflow="fold")
         for row in parameter_rows(op_name):
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))  # descriptions hold [brackets]
         out.print(table)
         out.print()
 
