@@ -13,7 +13,18 @@ from curate.registry import get_operator, operator_names
 from curate.schemas.spec import spec_json_schema
 from tests.conftest import REPO
 
-COMMANDS = ["build", "validate", "ops", "sql", "shell", "stats", "report", "publish", "schema"]
+COMMANDS = [
+    "build",
+    "validate",
+    "ops",
+    "sql",
+    "shell",
+    "stats",
+    "report",
+    "publish",
+    "schema",
+    "teacher-server",
+]
 
 
 def test_spec_json_schema_file_is_current() -> None:
