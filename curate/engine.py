@@ -29,7 +29,16 @@ import polars as pl
 from curate import __version__
 from curate.errors import RunDirError
 from curate.inputs import file_sha256, read_input
-from curate.operators import DROP_DETAIL, DROP_REASON, OpResult, Scope, StageContext, params_json
+from curate.operators import (
+    DROP_DETAIL,
+    DROP_REASON,
+    Operator,
+    OpResult,
+    Scope,
+    StageContext,
+    StageIncomplete,
+    params_json,
+)
 from curate.parquet_io import (
     PartWriter,
     atomic_dir,
@@ -45,6 +54,7 @@ from curate.progress import SilentReporter
 from curate.schemas.pool import DROP_COLUMNS, POOL_SCHEMA
 from curate.spec import LoadedSpec, Step
 from curate.stats import StageStats
+from curate.teachers.budget import Budget
 
 INPUT_STAGE = "00-input"
 INPUT_READER_VERSION = "1"
@@ -54,6 +64,7 @@ DROPPED_FILE = "dropped.parquet"
 REJECTS_FILE = "rejects.parquet"
 MANIFEST_FILE = "manifest.json"
 PLAN_FILE = "plan.json"  # written when a build starts (see curate.run)
+REQUEST_CACHE = "requests.sqlite"  # teacher answers, unless the spec names another file
 
 
 def fingerprint(payload: dict[str, Any]) -> str:
@@ -120,13 +131,22 @@ class Build:
         reporter: SilentReporter | None = None,
         force: bool = False,
         workers: int | None = None,
+        refresh: bool = False,
     ) -> None:
         self.loaded = loaded
         self.reporter = reporter or SilentReporter()
         self.force = force
+        self.refresh = refresh  # ask teachers again, ignoring (and overwriting) cached answers
         self.paths = RunPaths(loaded.run_dir)
         self.run_id = new_run_id()
         self.workers = workers or loaded.spec.workers or max(1, os.cpu_count() or 1)
+        self.budget = Budget(loaded.spec.budget_usd)
+
+    @property
+    def request_cache(self) -> Path:
+        """The SQLite file of teacher answers (see curate.teachers.cache)."""
+        named = self.loaded.spec.request_cache
+        return self.loaded.resolve(named) if named else self.paths.root / REQUEST_CACHE
 
     def lineage(self, stage_id: str, stage_fingerprint: str) -> dict[str, str]:
         return {
@@ -192,21 +212,29 @@ class Build:
 
     # --- stages -------------------------------------------------------------------------
 
-    def _reusable(self, folder: Path, stage_fingerprint: str) -> dict[str, Any] | None:
+    def _reusable(
+        self, folder: Path, stage_fingerprint: str, operator: Operator | None = None
+    ) -> dict[str, Any] | None:
         if self.force:
             return None
         record = read_stage_record(folder)
-        if record is None or record.get("fingerprint") != stage_fingerprint:
+        if record is None:
             return None
-        if not part_files(folder):
+        # An operator whose output is not decided by its fingerprint alone (sample) records
+        # the fingerprint it ran under as base_fingerprint (see _step_stage).
+        if record.get("base_fingerprint", record.get("fingerprint")) != stage_fingerprint:
+            return None
+        if record.get("complete") is False or not part_files(folder):
+            return None
+        if operator is not None and not operator.reusable(record):
             return None
         return record
 
-    def _input_stage(self) -> dict[str, Any]:
+    def input_fingerprint(self) -> str:
         spec = self.loaded.spec.input
         path = self.loaded.resolve(spec.path)
         digest = file_sha256(path) if path.is_file() else "missing"
-        stage_fingerprint = fingerprint(
+        return fingerprint(
             {
                 "stage": "input",
                 "version": INPUT_READER_VERSION,
@@ -214,6 +242,10 @@ class Build:
                 "sha256": digest,
             }
         )
+
+    def _input_stage(self) -> dict[str, Any]:
+        spec = self.loaded.spec.input
+        stage_fingerprint = self.input_fingerprint()
         folder = self.paths.stage(INPUT_STAGE)
         reused = self._reusable(folder, stage_fingerprint)
         if reused is not None:
@@ -261,33 +293,52 @@ class Build:
             )
         return self._ran(record)
 
-    def _step_stage(self, step: Step, previous: dict[str, Any]) -> dict[str, Any]:
-        op_cls = step.operator
-        params = params_json(step.params)
+    def operator(self, step: Step) -> Operator:
+        """The step's operator with the context of this build."""
         context = StageContext(
             stage_id=step.stage_id,
             seed=self.loaded.spec.seed,
             base_dir=self.loaded.base_dir,
-            cache_dir=self.paths.cache / op_cls.name,
+            cache_dir=self.paths.cache / step.operator.name,
             workers=self.workers,
+            teachers=self.loaded.spec.teachers,
+            request_cache=self.request_cache,
+            refresh=self.refresh,
+            budget=self.budget,
         )
-        operator = op_cls(step.params, context=context)
+        return step.operator(step.params, context=context)
+
+    def step_fingerprint(
+        self, operator: Operator, previous_fingerprint: str
+    ) -> tuple[str, dict[str, str]]:
+        """The stage fingerprint of a step reading a stage with `previous_fingerprint`, and
+        the hashes of the files it reads."""
         files = {
             str(path): file_sha256(path) if path.is_file() else "missing"
             for path in operator.input_files()
         }
         payload: dict[str, Any] = {
-            "operator": op_cls.name,
-            "version": op_cls.version,
-            "params": params,
-            "input": previous["fingerprint"],
+            "operator": operator.name,
+            "version": operator.version,
+            "params": params_json(operator.params),
+            "input": previous_fingerprint,
         }
         if files:
             payload["files"] = files
-        stage_fingerprint = fingerprint(payload)
+        payload.update(operator.fingerprint_extra())
+        return fingerprint(payload), files
+
+    def _step_stage(self, step: Step, previous: dict[str, Any]) -> dict[str, Any]:
+        op_cls = step.operator
+        params = params_json(step.params)
+        operator = self.operator(step)
+        stage_fingerprint, files = self.step_fingerprint(operator, previous["fingerprint"])
         folder = self.paths.stage(step.stage_id)
-        reused = self._reusable(folder, stage_fingerprint)
+        reused = self._reusable(folder, stage_fingerprint, operator)
         if reused is not None:
+            # A reused sample stage's traces still count against budget_usd.
+            teachers = reused.get("teachers") or {}
+            self.budget.reuse(sum(t.get("cost_usd", 0.0) for t in teachers.values()))
             return self._reused(reused)
         source = self.paths.stage(previous["stage_id"])
         total = count_rows(source)
@@ -306,8 +357,12 @@ class Build:
             else:
                 batches = iter([read_parts(source)])
             wrote_any = False
+            stopped: StageIncomplete | None = None
             for batch in batches:
-                result = operator.run(batch)
+                try:
+                    result = operator.run(batch)
+                except StageIncomplete as exc:  # keep what it finished, marked incomplete
+                    stopped, result = exc, exc.result
                 stats = stats + _batch_stats(batch, result)
                 if result.kept.height or not wrote_any:
                     kept_writer.write(result.kept)
@@ -315,6 +370,8 @@ class Build:
                 if result.dropped.height:
                     dropped_frames.append(result.dropped)
                 self.reporter.advance(batch.height)
+                if stopped is not None:
+                    break
             kept_writer.close()
             if dropped_frames:
                 dropped = pl.concat(dropped_frames, how="diagonal_relaxed").with_columns(
@@ -333,7 +390,17 @@ class Build:
                 "stats": stats.to_json(),
                 "run_id": self.run_id,
             }
+            extra = stopped.record if stopped is not None else operator.record_extra()
+            token = extra.pop("output_token", None)
+            if token is not None:  # later stages chain on what this one produced
+                record["base_fingerprint"] = stage_fingerprint
+                record["fingerprint"] = fingerprint({"base": stage_fingerprint, "output": token})
+            record.update(extra)
+            if stopped is not None:
+                record["complete"] = False
             (tmp / STAGE_FILE).write_text(json.dumps(record, indent=2))
+        if stopped is not None:
+            raise stopped
         return self._ran(record)
 
     def _ran(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -56,3 +56,17 @@ class PublishError(CurateError):
     refused the upload."""
 
     exit_code = 7
+
+
+class TeacherError(CurateError):
+    """A teacher cannot be used: its key's environment variable is unset, the endpoint refuses
+    the key (401, 403) or does not know the model (404), or its provider cannot start."""
+
+    exit_code = 8
+
+
+class BuildStopped(CurateError):
+    """A build stopped on purpose before its end (budget reached, Ctrl-C). What was done is kept:
+    the stage is written marked incomplete and a re-run resumes from the request cache."""
+
+    exit_code = 9

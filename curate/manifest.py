@@ -1,5 +1,7 @@
 """The run manifest: what was built, from what, by which code. Written beside the run and beside
-every output. It holds the validated spec (which names environment variables, never secrets)."""
+every output. It holds the validated spec (which names environment variables, never secrets)
+and, under `teachers`, the samples, tokens and cost of each teacher summed over the sample
+steps (tokens and cost count every attempt that was paid for, failed ones included)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,24 @@ def library_versions() -> dict[str, str | None]:
     return found
 
 
+def teacher_usage(stages: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per teacher, the usage its sample steps recorded in stage.json, summed."""
+    totals: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        for name, usage in (stage.get("teachers") or {}).items():
+            entry = totals.setdefault(name, {})
+            for key, value in usage.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    entry[key] = entry.get(key, 0) + value
+                else:
+                    entry.setdefault(key, value)
+    for entry in totals.values():
+        for key in ("cost_usd", "cost_usd_sent"):
+            if key in entry:
+                entry[key] = round(entry[key], 8)
+    return totals
+
+
 def build_manifest(
     build: Build, stages: list[dict[str, Any]], outputs: dict[str, Any]
 ) -> dict[str, Any]:
@@ -59,6 +79,7 @@ def build_manifest(
         "inputs": inputs,
         "stages": stages,
         "outputs": outputs,
+        "teachers": teacher_usage(stages),
         "curate_version": __version__,
         "python": platform.python_version(),
         "libraries": library_versions(),

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from curate.errors import OperatorError
+from curate.errors import BuildStopped, OperatorError
+
+if TYPE_CHECKING:
+    from curate.teachers.budget import Budget
 
 
 class Scope(str, enum.Enum):
@@ -47,6 +51,12 @@ class StageContext:
     base_dir: Path = field(default_factory=Path.cwd)  # the spec file's folder: paths resolve here
     cache_dir: Path | None = None  # a folder under the run directory this stage may reuse
     workers: int = 1
+    # For operators that call teachers (sample): the spec's `teachers:` by name, the request
+    # cache file, whether to ignore that cache (--refresh) and the build's spending tracker.
+    teachers: Mapping[str, Any] = field(default_factory=dict)
+    request_cache: Path | None = None
+    refresh: bool = False
+    budget: Budget | None = None
 
     def resolve(self, path: str | Path) -> Path:
         """A path from the spec, resolved relative to the spec file."""
@@ -56,6 +66,20 @@ class StageContext:
 
 DROP_REASON = "drop_reason"
 DROP_DETAIL = "drop_detail"
+
+
+class StageIncomplete(BuildStopped):
+    """An operator stopped before its end on purpose (Ctrl-C, budget reached) and hands back what
+    it finished. The engine writes `result` as the stage marked incomplete (readable by `curate
+    sql`, never reused as complete) and stops the build with this error's message and code."""
+
+    def __init__(
+        self, message: str, *, result: OpResult, record: dict[str, Any], exit_code: int
+    ) -> None:
+        super().__init__(message)
+        self.result = result
+        self.record = record  # extra stage.json fields, as Operator.record_extra() gives
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,7 @@ class Operator(ABC, Generic[P]):
     scope: ClassVar[Scope]
     params_model: ClassVar[type[Params]]
     requires: ClassVar[tuple[str, ...]] = ()  # pool columns that must exist before this step
+    calls_teachers: ClassVar[bool] = False  # sends requests: --refresh re-runs it, --dry-run plans
     summary: ClassVar[str] = ""  # one line for `curate ops`; defaults to the docstring's first
 
     def __init__(self, params: P, *, context: StageContext) -> None:
@@ -99,6 +124,21 @@ class Operator(ABC, Generic[P]):
         """Files this step reads besides the pool (a tokenizer, a benchmark set). The engine
         hashes their content into the stage fingerprint, so editing one re-runs the step."""
         return []
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        """What besides its params decides this step's output (a teacher's model and endpoint);
+        hashed into the stage fingerprint."""
+        return {}
+
+    def reusable(self, record: dict[str, Any]) -> bool:
+        """Whether a finished stage with an unchanged fingerprint may be reused."""
+        return True
+
+    def record_extra(self) -> dict[str, Any]:
+        """Fields to add to stage.json once `run` returned (usage and cost of teachers). An
+        `output_token` there is folded into the fingerprint later stages chain on, for an
+        output that is not decided by the fingerprint alone (answers re-sent after errors)."""
+        return {}
 
     def run(self, frame: pl.DataFrame) -> OpResult:
         """Check required columns, then apply. The engine calls this."""

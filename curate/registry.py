@@ -9,6 +9,7 @@ import importlib
 from curate.operators import Operator
 
 OPERATORS: dict[str, str] = {
+    "sample": "curate.sample:Sample",
     "verify": "curate.verify:Verify",
     "grade": "curate.filters.grade:Grade",
     "select": "curate.filters.select:Select",

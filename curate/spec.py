@@ -261,6 +261,7 @@ def load_spec(path: str | Path) -> LoadedSpec:
     steps = _validate_steps(data.get("steps"), where, file, problems)
     if spec is not None and not problems:
         problems.extend(_check_output_refs(spec, steps, where, file))
+        problems.extend(_check_teacher_refs(spec, steps, where, file))
     if problems:
         count = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
         raise SpecError(
@@ -335,5 +336,27 @@ def _check_output_refs(spec: Spec, steps: list[Step], where: _Positions, file: s
             ids = ", ".join(s.stage_id for s in steps)
             problems.append(
                 f"{file}:{line}:{col}: outputs.{kind}.from: '{ref}' {why}{suffix}; stages: {ids}"
+            )
+    return problems
+
+
+def _check_teacher_refs(spec: Spec, steps: list[Step], where: _Positions, file: str) -> list[str]:
+    """Every teacher a step names (sample's `teachers:`) is declared under `teachers:`."""
+    problems = []
+    declared = sorted(spec.teachers)
+    for step in steps:
+        names = getattr(step.params, "teachers", None)
+        if not isinstance(names, list):
+            continue
+        for position, name in enumerate(names):
+            if name in spec.teachers:
+                continue
+            line, col = where.find(("steps", step.index, step.name, "teachers", position))
+            hint = closest_name(name, declared)
+            suffix = f" (did you mean '{hint}'?)" if hint else ""
+            known = ", ".join(declared) or "none; add a `teachers:` mapping at the top"
+            problems.append(
+                f"{file}:{line}:{col}: steps[{step.index}].{step.name}.teachers: teacher "
+                f"'{name}' is not declared{suffix}; declared teachers: {known}"
             )
     return problems

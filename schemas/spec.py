@@ -3,7 +3,9 @@ params model (see curate.spec); here they are kept as `{operator: params}` mappi
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import importlib.util
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -107,6 +109,144 @@ class OutputsSpec(Strict):
     preference: PreferenceOutput | None = Field(None, description="write preference pairs")
 
 
+# What a secret looks like, so that a key pasted into the spec is refused rather than copied into
+# the run directory, the manifest and a dataset card. The message never repeats the value.
+_KEY_PREFIXES = re.compile(
+    r"(?:^|[^A-Za-z0-9])(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}|(?:hf|gsk|ghp|gho|github_pat|r8|xai|tgp)_"
+    r"[A-Za-z0-9_]{16,}|xai-[A-Za-z0-9]{16,}|AIza[0-9A-Za-z_-]{30,}|Bearer\s+\S{8,}"
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_KEYS = re.compile(r"api[_-]?key|authorization|secret|password|token$", re.IGNORECASE)
+
+
+def _strings(value: Any, path: str) -> list[tuple[str, str]]:
+    """(path, text) of every string in a nested value, keys included."""
+    if isinstance(value, str):
+        return [(path, value)]
+    if isinstance(value, dict):
+        found: list[tuple[str, str]] = []
+        for key, item in value.items():
+            found.append((f"{path}.{key}", str(key)))
+            found.extend(_strings(item, f"{path}.{key}"))
+        return found
+    if isinstance(value, list | tuple):
+        return [pair for i, item in enumerate(value) for pair in _strings(item, f"{path}[{i}]")]
+    return []
+
+
+def _refuse_secrets(data: Any) -> Any:
+    """A teacher's fields must not hold a credential: keys live in the environment, named by
+    `api_key_env`. Runs on the raw mapping so that the error shows no value."""
+    if not isinstance(data, dict):
+        return data
+    for path, text in _strings(data, "teacher"):
+        if _KEY_PREFIXES.search(text):
+            raise ValueError(
+                f"{path.removeprefix('teacher.')} looks like an API key; never put a key in "
+                "the spec: set it in an environment variable and name that variable in "
+                "`api_key_env`"
+            )
+    env = data.get("api_key_env")
+    if isinstance(env, str) and not _ENV_NAME.match(env):
+        raise ValueError(
+            "api_key_env must be the NAME of an environment variable (like OPENAI_API_KEY), "
+            "not the key itself"
+        )
+    for key in data.get("extra_body") or {}:
+        if _SECRET_KEYS.search(str(key)):
+            raise ValueError(
+                f"extra_body.{key}: credentials do not go in the request body of the spec; "
+                "set the key in an environment variable named by `api_key_env`"
+            )
+    base_url = data.get("base_url")
+    if isinstance(base_url, str) and re.match(r"^[a-z]+://[^/@]+@", base_url):
+        raise ValueError("base_url holds credentials (user:password@); use `api_key_env`")
+    return data
+
+
+def _price(tokens: str) -> Any:
+    return Field(
+        0.0, ge=0.0, description=f"price of a million {tokens} tokens, US dollars (for cost)"
+    )
+
+
+class OpenAITeacher(Strict):
+    """Any OpenAI-compatible chat-completions endpoint: OpenAI, vLLM or SGLang servers,
+    DeepSeek, Together, Ollama, llama.cpp server."""
+
+    provider: Literal["openai"] = Field(description="openai: an HTTP chat-completions endpoint")
+    model: str = Field(min_length=1, description="model name sent in each request")
+    base_url: str | None = Field(
+        None, description="endpoint, e.g. http://localhost:8000/v1 (default: api.openai.com)"
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="NAME of the environment variable holding the API key (never the key); "
+        "none: the endpoint needs no key",
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra request fields, e.g. {chat_template_kwargs: {enable_thinking: true}}",
+    )
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens",
+        description="request field for the token limit (OpenAI o-series: max_completion_tokens)",
+    )
+    max_concurrency: int = Field(64, ge=1, le=1000, description="requests in flight at most")
+    rpm: int | None = Field(None, ge=1, description="requests per minute at most")
+    tpm: int | None = Field(
+        None, ge=1, description="tokens per minute at most (prompt estimate + max_tokens)"
+    )
+    timeout_s: float = Field(600.0, gt=0, description="seconds one request may take")
+    max_retries: int = Field(
+        6, ge=0, le=50, description="retries on 429, 5xx, timeouts and dropped connections"
+    )
+    backoff_s: float = Field(
+        1.0, ge=0.0, description="first retry delay bound; doubles per retry (full jitter)"
+    )
+    supports_n: bool = Field(
+        False, description="the server takes `n`: one request returns several samples"
+    )
+    input_usd_per_mtok: float = _price("prompt")
+    output_usd_per_mtok: float = _price("completion")
+
+    _no_secrets = model_validator(mode="before")(_refuse_secrets)
+
+
+class VLLMTeacher(Strict):
+    """A model run in this process by vLLM (`pip install 'curate[vllm]'`), for GPU batch
+    generation; results are cached chunk by chunk, so a crash loses at most one chunk."""
+
+    provider: Literal["vllm"] = Field(description="vllm: vllm.LLM in this process")
+    model: str = Field(min_length=1, description="model path or Hub id, as vllm.LLM takes it")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over")
+    max_model_len: int | None = Field(None, ge=1, description="context length (default: model)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of GPU memory")
+    dtype: str = Field("auto", description="weights dtype: auto, bfloat16, float16, …")
+    chunk_size: int = Field(
+        512, ge=1, description="requests per generate call; each chunk is cached when done"
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="more keyword arguments for vllm.LLM"
+    )
+    input_usd_per_mtok: float = _price("prompt")
+    output_usd_per_mtok: float = _price("completion")
+
+    _no_secrets = model_validator(mode="before")(_refuse_secrets)
+
+    @model_validator(mode="after")
+    def _vllm_installed(self) -> VLLMTeacher:
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "provider vllm needs the package 'vllm', which is not installed. "
+                "Install it with: pip install 'curate[vllm]'"
+            )
+        return self
+
+
+Teacher = Annotated[OpenAITeacher | VLLMTeacher, Field(discriminator="provider")]
+
+
 class Spec(Strict):
     """One build: where problems come from, the steps, and what to write."""
 
@@ -127,6 +267,27 @@ class Spec(Strict):
     outputs: OutputsSpec = Field(
         default=OutputsSpec(), description="training sets to write: sft, preference"
     )
+    teachers: dict[str, Teacher] = Field(
+        default_factory=dict, description="models that `sample` steps call, by name"
+    )
+    budget_usd: float | None = Field(
+        None,
+        gt=0,
+        description="stop sending requests once the traces of this build cost this much "
+        "(cached answers count at what they cost); a re-run with more resumes",
+    )
+    request_cache: str | None = Field(
+        None, description="SQLite file of teacher answers (default: <run_dir>/requests.sqlite)"
+    )
+
+    @model_validator(mode="after")
+    def _teacher_names(self) -> Spec:
+        for name in self.teachers:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", name):
+                raise ValueError(
+                    f"teacher name {name!r}: use letters, digits, '.', '_' and '-' only"
+                )
+        return self
 
     @model_validator(mode="after")
     def _step_shape(self) -> Spec:

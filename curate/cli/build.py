@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -138,3 +139,10 @@ def validate(spec: Path = SPEC) -> None:
             out.print(f"  → {kind:<10} {loaded.resolve(output.path)}")
     out.print(f"  run dir {loaded.run_dir}")
     print_cost_plan(cost_plan(Build(loaded)), out)
+    for name, teacher in loaded.spec.teachers.items():
+        env = getattr(teacher, "api_key_env", None)
+        if env and not os.environ.get(env):
+            out.print(
+                f"  [yellow]teacher '{name}': environment variable {env} is not set; a build "
+                "needs the API key in it[/yellow]"
+            )

@@ -29,8 +29,11 @@ def _type_name(annotation: Any) -> str:
         return " | ".join(str(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
     if origin is not None:
-        return str(annotation).replace("typing.", "")
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
     if annotation is type(None):
         return "None"
     return getattr(annotation, "__name__", str(annotation))
@@ -84,6 +87,8 @@ def reference_markdown() -> str:
         ("`input.columns`", models.ColumnMap),
         ("`outputs.sft`", models.SFTOutput),
         ("`outputs.preference`", models.PreferenceOutput),
+        ("`teachers.<name>` with `provider: openai`", models.OpenAITeacher),
+        ("`teachers.<name>` with `provider: vllm`", models.VLLMTeacher),
     ]
     for title, model in sections:
         doc = inspect.cleandoc(model.__doc__ or "")
