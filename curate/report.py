@@ -23,7 +23,16 @@ from curate.summary import Lengths, Summary, sample_traces, summarize
 
 COMPLETION_CHARS = 1500  # of each sample trace shown in the table
 PROMPT_CHARS = 400
-PLOT_IDS = ("funnel", "drops", "pass-rate", "length", "teachers", "dedup")
+PLOT_IDS = (
+    "funnel",
+    "drops",
+    "pass-rate",
+    "length",
+    "teachers",
+    "teacher-length",
+    "agreement",
+    "dedup",
+)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;
@@ -216,6 +225,69 @@ def teacher_plot(summary: Summary) -> str:
     )
 
 
+def teacher_length_plot(summary: Summary) -> str:
+    teachers = [t for t in summary.teachers if t.length is not None]
+    if not teachers:
+        return _note("teacher-length", "no trace lengths: the run has no traces yet")
+    names = [t.model for t in teachers]
+    data = [_box("all traces", names, [t.length for t in teachers], "#9a6700")]
+    if any(t.length_correct is not None for t in teachers):
+        data.append(_box("correct", names, [t.length_correct for t in teachers], "#1a7f37"))
+    return _figure_html(
+        "teacher-length",
+        data,
+        {
+            "title": "Trace length per teacher",
+            "boxmode": "group",
+            "yaxis": {"title": summary.length_unit},
+        },
+    )
+
+
+def agreement_plot(summary: Summary) -> str:
+    """Heatmap of the share of problems on which two teachers' majority verdicts agree."""
+    import plotly.graph_objects as go
+
+    pairs = summary.teacher_agreement.pairs
+    if not pairs:
+        why = (
+            "one teacher: nothing to compare"
+            if len(summary.teachers) < 2
+            else "no problem has a verdict from two teachers"
+        )
+        return _note("agreement", f"agreement between teachers: {why}")
+    names = sorted({p.a for p in pairs} | {p.b for p in pairs})
+    index = {name: i for i, name in enumerate(names)}
+    z: list[list[float | None]] = [[None] * len(names) for _ in names]
+    text = [["" for _ in names] for _ in names]
+    for p in pairs:
+        kappa = "–" if p.kappa is None else f"{p.kappa:.2f}"
+        label = f"{p.agreement:.2f}<br>κ {kappa}<br>n {p.problems}"
+        for i, j in ((index[p.a], index[p.b]), (index[p.b], index[p.a])):
+            z[i][j] = p.agreement
+            text[i][j] = label
+    trace = go.Heatmap(
+        z=z,
+        x=names,
+        y=names,
+        text=text,
+        texttemplate="%{text}",
+        hovertemplate="%{y} × %{x}<br>agreement %{z:.3f}<extra></extra>",
+        zmin=0,
+        zmax=1,
+        colorscale="Blues",
+        colorbar={"title": {"text": "agreement"}},
+    )
+    return _figure_html(
+        "agreement",
+        [trace],
+        {
+            "title": "Agreement between teachers (majority verdicts per problem)",
+            "yaxis": {"autorange": "reversed"},
+        },
+    )
+
+
 def dedup_plot(summary: Summary) -> str:
     import plotly.graph_objects as go
 
@@ -295,17 +367,92 @@ def _tables(summary: Summary) -> str:
         ],
         {1, 2, 3, 4, 5, 6, 7},
     )
-    teachers = _table(
-        ["teacher", "traces", "judged", "correct", "accuracy", "mean length", "kept"],
-        [
-            (t.model, t.traces, t.judged, t.correct, _num(t.accuracy), _num(t.mean_length), t.kept)
-            for t in summary.teachers
-        ],
-        {1, 2, 3, 4, 5, 6},
-    )
     return (
         f"<h2>Stages</h2>{stages}<h3>What each filter dropped and why</h3>{drops}"
-        f"<h2>Difficulty bands</h2>{bands}<h2>Teachers</h2>{teachers}"
+        f"<h2>Difficulty bands</h2>{bands}<h2>Teachers</h2>{_teacher_tables(summary)}"
+    )
+
+
+def _teacher_tables(summary: Summary) -> str:
+    def spread(lengths: Lengths | None) -> str:
+        if lengths is None:
+            return "–"
+        return f"{_num(lengths.median)} ({_num(lengths.q1)}–{_num(lengths.q3)})"
+
+    teachers = _table(
+        [
+            "teacher",
+            "traces",
+            "judged",
+            "correct",
+            "accuracy",
+            "problems",
+            "solved",
+            "split",
+            "solved only",
+            "mean length",
+            "median (q1–q3)",
+            "p90",
+            "median correct",
+            "kept",
+        ],
+        [
+            (
+                t.model,
+                t.traces,
+                t.judged,
+                t.correct,
+                _num(t.accuracy),
+                t.problems,
+                t.solved,
+                t.split,
+                t.solved_only,
+                _num(t.mean_length),
+                spread(t.length),
+                _num(t.length.p90 if t.length else None),
+                _num(t.length_correct.median if t.length_correct else None),
+                t.kept,
+            )
+            for t in summary.teachers
+        ],
+        set(range(1, 14)),
+    )
+    pairs = summary.teacher_agreement.pairs
+    if not pairs:
+        return teachers
+    agreement = _table(
+        [
+            "teacher a",
+            "teacher b",
+            "problems",
+            "agree",
+            "agreement",
+            "κ",
+            "both solved",
+            "a only",
+            "b only",
+            "neither",
+        ],
+        [
+            (
+                p.a,
+                p.b,
+                p.problems,
+                p.agree,
+                _num(p.agreement),
+                _num(p.kappa, 2),
+                p.both_solved,
+                p.a_only,
+                p.b_only,
+                p.neither,
+            )
+            for p in pairs
+        ],
+        set(range(2, 10)),
+    )
+    return (
+        f'{teachers}<h3>Agreement between teachers</h3><p class="caption">'
+        f"{_e(summary.teacher_agreement.definition)}</p>{agreement}"
     )
 
 
@@ -370,6 +517,8 @@ def render(run: Run, summary: Summary) -> str:
         pass_rate_plot(summary),
         length_plot(summary),
         teacher_plot(summary),
+        teacher_length_plot(summary),
+        agreement_plot(summary),
         dedup_plot(summary),
     ]
     made = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

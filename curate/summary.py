@@ -6,6 +6,19 @@ Trace length is `completion_tokens + reasoning_tokens` where a stage counted the
 and the project's approximation `ceil(chars / 4)` of completion and reasoning where none did.
 A trace's band is its problem's `difficulty` (rows dropped before grading count in their
 problem's band when the problem was graded later, and as `ungraded` otherwise).
+
+Teachers (`teachers`, `teacher_agreement`): a teacher is a value of the `model` column, the same
+grouping `grade` uses with `per_teacher: true`. Every trace that entered the run counts, kept or
+dropped later, so a teacher is judged on what it wrote, not on what the filters kept; a trace
+counts as judged when its verdict is not null. A teacher's *verdict on a problem* is the
+majority of its judged traces of that problem: true when more than half are correct, false when
+fewer than half, none ("split") on an exact tie. Then, for each pair of teachers (A, B), over
+the problems on which both have a verdict: `agreement` is the share of them where the two
+verdicts are equal, and `kappa` is Cohen's κ = (p_o - p_e) / (1 - p_e), p_o that share and
+p_e = a·b + (1 - a)(1 - b) with a and b the shares of those problems A and B solve (null when
+p_e = 1: both always say the same thing, so chance explains all of it). A teacher's
+`solved_only` counts problems its verdict is true while every other teacher that judged the
+problem (at least one did) has verdict false. All of it is computed in DuckDB.
 """
 
 from __future__ import annotations
@@ -80,13 +93,52 @@ class Band:
 @dataclass(frozen=True)
 class Teacher:
     model: str
-    traces: int
+    traces: int  # trace rows of this model that entered the run, kept or dropped
     judged: int  # traces with a verdict
     correct: int
     accuracy: float | None  # correct / judged
-    mean_length: float | None
+    mean_length: float | None  # of all its traces (length.mean)
     median_length: float | None
-    kept: int
+    kept: int  # of its traces, in the last stage's pool
+    problems: int  # problems with at least one judged trace of it
+    solved: int  # problems its majority verdict is true on
+    split: int  # problems with as many correct as wrong judged traces: no verdict
+    solved_only: int  # problems it solves and every other teacher that judged fails
+    length: Lengths | None  # all its traces
+    length_correct: Lengths | None  # its traces with verdict true
+
+
+AGREEMENT_DEFINITION = (
+    "A teacher is a value of `model`; every trace that entered the run counts, kept or dropped. "
+    "A teacher's verdict on a problem is the majority of its judged traces of it: true when more "
+    "than half are correct, false when fewer than half, none (split) on a tie. For a pair (a, b): "
+    "problems = problems on which both have a verdict; agree = those where the verdicts are "
+    "equal; agreement = agree / problems; both_solved, a_only, b_only, neither split them by "
+    "verdict; kappa = Cohen's kappa (p_o - p_e) / (1 - p_e) over them, p_o = agreement, "
+    "p_e = pa*pb + (1-pa)*(1-pb) with pa, pb the shares a and b solve; null when p_e = 1. "
+    "A teacher's solved_only = problems its verdict is true while every other teacher that "
+    "judged the problem (at least one) has verdict false."
+)
+
+
+@dataclass(frozen=True)
+class TeacherPair:
+    a: str  # the first teacher, in name order
+    b: str
+    problems: int  # problems on which both have a majority verdict
+    agree: int  # of those, the verdicts are equal
+    agreement: float | None  # agree / problems
+    kappa: float | None  # Cohen's kappa over the same problems; null when undefined
+    both_solved: int
+    a_only: int  # a's verdict true, b's false
+    b_only: int
+    neither: int
+
+
+@dataclass(frozen=True)
+class TeacherAgreement:
+    definition: str
+    pairs: list[TeacherPair]  # every pair with at least one problem both have a verdict on
 
 
 @dataclass(frozen=True)
@@ -125,6 +177,7 @@ class Summary:
     pass_rates: PassRates
     bands: list[Band]
     teachers: list[Teacher]
+    teacher_agreement: TeacherAgreement
     dedup: list[DedupStage]  # empty: no dedup step in this run
     exports: list[ExportStats]
 
@@ -176,12 +229,33 @@ def length_expr(columns: set[str]) -> str | None:
     return f"coalesce({counted}, {estimated})::BIGINT"
 
 
+LENGTH_AGGREGATES = (
+    "count(x), sum(x), avg(x), min(x), quantile_cont(x, 0.25), median(x), "
+    "quantile_cont(x, 0.75), quantile_cont(x, 0.9), max(x)"
+)
+
+
 def _lengths(q: _Q, relation: str, expr: str, where: str = "true") -> Lengths | None:
     row = q.one(
-        f"SELECT count(x), sum(x), avg(x), min(x), quantile_cont(x, 0.25), median(x), "
-        f"quantile_cont(x, 0.75), quantile_cont(x, 0.9), max(x) "
+        f"SELECT {LENGTH_AGGREGATES} "
         f"FROM (SELECT {expr} AS x FROM {relation} WHERE {where}) WHERE x IS NOT NULL"
     )
+    return _to_lengths(row)
+
+
+def _lengths_by(
+    q: _Q, relation: str, key: str, expr: str, where: str = "true"
+) -> dict[Any, Lengths]:
+    """`_lengths` for each value of the SQL expression `key`, in one grouped query."""
+    rows = q.rows(
+        f"SELECT k, {LENGTH_AGGREGATES} FROM (SELECT {key} AS k, {expr} AS x "
+        f"FROM {relation} WHERE {where}) WHERE x IS NOT NULL GROUP BY k"
+    )
+    found = {r[0]: _to_lengths(r[1:]) for r in rows}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _to_lengths(row: tuple[Any, ...]) -> Lengths | None:
     if not row[0]:
         return None
     n, total, mean, low, q1, median, q3, p90, high = row
@@ -314,31 +388,116 @@ def _bands(q: _Q, run: Run, expr: str | None) -> list[Band]:
     return bands
 
 
-def _teachers(q: _Q, expr: str | None) -> list[Teacher]:
+def _teacher_relation(q: _Q) -> str | None:
+    """Every trace row that entered the run, with `teacher` and `_verdict` (null when no verify
+    stage ran) columns."""
     cols = q.columns("traces")
     if "trace_id" not in cols:
-        return []
+        return None
     model = "coalesce(model, 'unknown')" if "model" in cols else "'unknown'"
     verdict = "verdict" if "verdict" in cols else "NULL::BOOLEAN"
+    return (
+        f"(SELECT *, {model} AS teacher, {verdict} AS _verdict FROM traces "
+        "WHERE trace_id IS NOT NULL)"
+    )
+
+
+def _majority(relation: str) -> str:
+    """Per (problem, teacher) with a judged trace: its majority verdict `solved` (null: tie)."""
+    return (
+        f"(SELECT problem_id, teacher, CASE WHEN 2 * count_if(_verdict) > count(_verdict) THEN "
+        "true WHEN 2 * count_if(_verdict) < count(_verdict) THEN false END AS solved "
+        f"FROM {relation} GROUP BY ALL HAVING count(_verdict) > 0)"
+    )
+
+
+def _teachers(q: _Q, expr: str | None) -> list[Teacher]:
+    relation = _teacher_relation(q)
+    if relation is None:
+        return []
     length = expr or "NULL::BIGINT"
     rows = q.rows(
-        f"SELECT {model} AS m, count(*), count({verdict}), count_if({verdict}), "
-        f"avg({length}), median({length}), count(*) FILTER (WHERE drop_stage IS NULL) "
-        "FROM traces WHERE trace_id IS NOT NULL GROUP BY 1 ORDER BY 1"
+        f"SELECT teacher, count(*), count(_verdict), count_if(_verdict), "
+        f"count(*) FILTER (WHERE drop_stage IS NULL) FROM {relation} GROUP BY 1 ORDER BY 1"
     )
-    return [
-        Teacher(
-            model=r[0],
-            traces=int(r[1]),
-            judged=int(r[2]),
-            correct=int(r[3]),
-            accuracy=(int(r[3]) / int(r[2])) if r[2] else None,
-            mean_length=None if r[4] is None else float(r[4]),
-            median_length=None if r[5] is None else float(r[5]),
-            kept=int(r[6]),
+    majority = _majority(relation)
+    outcomes = {
+        r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4]))
+        for r in q.rows(
+            f"SELECT teacher, count(*), count_if(solved), count_if(solved IS NULL), "
+            f"count_if(solved AND n_judged > 1 AND n_false = n_judged - 1) "
+            f"FROM (SELECT *, count(*) OVER w AS n_judged, count_if(NOT solved) OVER w AS "
+            f"n_false FROM {majority} WINDOW w AS (PARTITION BY problem_id)) GROUP BY 1"
+        )
+    }
+    lengths = _lengths_by(q, relation, "teacher", length) if expr else {}
+    correct = _lengths_by(q, relation, "teacher", length, "_verdict") if expr else {}
+    teachers = []
+    for r in rows:
+        name = r[0]
+        problems, solved, split, only = outcomes.get(name, (0, 0, 0, 0))
+        spread = lengths.get(name)
+        teachers.append(
+            Teacher(
+                model=name,
+                traces=int(r[1]),
+                judged=int(r[2]),
+                correct=int(r[3]),
+                accuracy=(int(r[3]) / int(r[2])) if r[2] else None,
+                mean_length=spread.mean if spread else None,
+                median_length=spread.median if spread else None,
+                kept=int(r[4]),
+                problems=problems,
+                solved=solved,
+                split=split,
+                solved_only=only,
+                length=spread,
+                length_correct=correct.get(name),
+            )
+        )
+    return teachers
+
+
+def _teacher_agreement(q: _Q) -> TeacherAgreement:
+    relation = _teacher_relation(q)
+    if relation is None:
+        return TeacherAgreement(definition=AGREEMENT_DEFINITION, pairs=[])
+    majority = _majority(relation)
+    rows = q.rows(
+        f"""
+        WITH m AS (SELECT * FROM {majority} WHERE solved IS NOT NULL),
+        c AS (
+            SELECT a.teacher AS a, b.teacher AS b, count(*) AS n,
+                   count_if(a.solved AND b.solved) AS tt, count_if(a.solved AND NOT b.solved) AS tf,
+                   count_if(NOT a.solved AND b.solved) AS ft,
+                   count_if(NOT a.solved AND NOT b.solved) AS ff
+            FROM m a JOIN m b ON a.problem_id = b.problem_id AND a.teacher < b.teacher
+            GROUP BY ALL),
+        k AS (
+            SELECT *, (tt + ff) / n AS p_o,
+                   ((tt + tf) / n) * ((tt + ft) / n) + ((ft + ff) / n) * ((tf + ff) / n) AS p_e
+            FROM c)
+        SELECT a, b, n, tt + ff, p_o, CASE WHEN p_e < 1 THEN (p_o - p_e) / (1 - p_e) END,
+               tt, tf, ft, ff
+        FROM k ORDER BY a, b
+        """
+    )
+    pairs = [
+        TeacherPair(
+            a=r[0],
+            b=r[1],
+            problems=int(r[2]),
+            agree=int(r[3]),
+            agreement=float(r[4]),
+            kappa=None if r[5] is None else float(r[5]),
+            both_solved=int(r[6]),
+            a_only=int(r[7]),
+            b_only=int(r[8]),
+            neither=int(r[9]),
         )
         for r in rows
     ]
+    return TeacherAgreement(definition=AGREEMENT_DEFINITION, pairs=pairs)
 
 
 def _dedup(q: _Q, run: Run) -> list[DedupStage]:
@@ -434,6 +593,7 @@ def summarize(run_dir: str | Path | Run) -> Summary:
         pass_rates=_pass_rates(q),
         bands=_bands(q, run, expr),
         teachers=_teachers(q, expr),
+        teacher_agreement=_teacher_agreement(q),
         dedup=_dedup(q, run),
         exports=_exports(q, run),
     )

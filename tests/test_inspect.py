@@ -108,6 +108,8 @@ def test_stats_matches_the_runs_sql(run_dir: Path) -> None:
         "SELECT count(verdict), count_if(verdict) FROM traces"
     )
     assert teacher["correct"] == 737  # quickstart README: our verifier's count
+    assert (teacher["problems"], teacher["solved_only"]) == (100, 0)  # nobody to compare with
+    assert stats["teacher_agreement"]["pairs"] == []
     # exports, read straight from their Parquet files
     sft = pl.read_parquet(run_dir.parent.parent / "out" / "sft" / "*.parquet")
     (export,) = [e for e in stats["exports"] if e["kind"] == "sft"]
@@ -236,12 +238,23 @@ def test_report_renders_every_plot_in_chromium(run_dir: Path, tmp_path: Path) ->
     assert result.errors == [], result.errors
     assert {url.split(":", 1)[0] for url in result.requests} == {"file"}  # nothing fetched
     plots = result.value["plots"]
-    assert list(plots) == ["funnel", "drops", "pass-rate", "length", "teachers", "dedup"]
-    for name in ("funnel", "drops", "pass-rate", "length", "teachers", "dedup"):
+    assert list(plots) == [
+        "funnel",
+        "drops",
+        "pass-rate",
+        "length",
+        "teachers",
+        "teacher-length",
+        "agreement",
+        "dedup",
+    ]
+    for name in ("funnel", "drops", "pass-rate", "length", "teachers", "teacher-length", "dedup"):
         assert plots[name]["svg"] >= 1 and plots[name]["traces"] >= 1, (name, plots[name])
     assert plots["pass-rate"]["bars"] == 10  # one bar per 0.1 bin
     assert plots["length"]["boxes"] == 7  # all and kept for each band, all for ungraded
     assert plots["teachers"]["points"] == 1  # one teacher
+    assert plots["teacher-length"]["boxes"] == 2  # its traces, all and correct
+    assert "one teacher: nothing to compare" in plots["agreement"]["text"]
     assert plots["funnel"]["funnel"] == 9  # seven stages and two exports
     assert plots["drops"]["bars"] == 6  # one per (stage, reason) with rows
     assert result.value["samples"] == 16  # up to 2 correct + 2 other per band, 4 bands

@@ -109,23 +109,7 @@ def print_summary(console: Console, s: Summary) -> None:
     console.print(bands)
 
     if s.teachers:
-        teachers = _table(
-            "teachers",
-            ["model", "traces", "judged", "correct", "accuracy", "mean len", "median len", "kept"],
-            {1, 2, 3, 4, 5, 6, 7},
-        )
-        for t in s.teachers:
-            teachers.add_row(
-                t.model,
-                _n(t.traces),
-                _n(t.judged),
-                _n(t.correct),
-                _n(t.accuracy),
-                _n(t.mean_length),
-                _n(t.median_length),
-                _n(t.kept),
-            )
-        console.print(teachers)
+        print_teachers(console, s)
 
     if not s.dedup:
         console.print("dedup: no dedup step in this run")
@@ -149,12 +133,100 @@ def print_summary(console: Console, s: Summary) -> None:
         )
 
 
+def print_teachers(console: Console, s: Summary) -> None:
+    """The teachers side by side: outcomes, length spread, and agreement between each pair."""
+    teachers = _table(
+        "teachers (verdict on a problem: majority of its judged traces; split: a tie)",
+        [
+            "model",
+            "traces",
+            "judged",
+            "correct",
+            "accuracy",
+            "problems",
+            "solved",
+            "split",
+            "solved only",
+            "kept",
+        ],
+        set(range(1, 10)),
+    )
+    for t in s.teachers:
+        teachers.add_row(
+            t.model,
+            _n(t.traces),
+            _n(t.judged),
+            _n(t.correct),
+            _n(t.accuracy),
+            _n(t.problems),
+            _n(t.solved),
+            _n(t.split),
+            _n(t.solved_only),
+            _n(t.kept),
+        )
+    console.print(teachers)
+    lengths = _table(
+        f"teacher trace length, {s.length_unit}",
+        ["model", "mean", "median", "q1–q3", "p90", "max", "mean correct", "median correct"],
+        set(range(1, 8)),
+    )
+    for t in s.teachers:
+        a, c = t.length, t.length_correct
+        lengths.add_row(
+            t.model,
+            _n(a.mean if a else None),
+            _n(a.median if a else None),
+            f"{a.q1:,.0f}–{a.q3:,.0f}" if a else "–",
+            _n(a.p90 if a else None),
+            _n(a.max if a else None),
+            _n(c.mean if c else None),
+            _n(c.median if c else None),
+        )
+    console.print(lengths)
+    pairs = s.teacher_agreement.pairs
+    if not pairs:
+        if len(s.teachers) > 1:
+            console.print("teacher agreement: no problem has a verdict from two teachers")
+        return
+    agreement = _table(
+        "agreement between teachers, on problems both have a verdict on",
+        [
+            "teacher a",
+            "teacher b",
+            "problems",
+            "agree",
+            "agreement",
+            "κ",
+            "both",
+            "a only",
+            "b only",
+            "neither",
+        ],
+        set(range(2, 10)),
+    )
+    for pair in pairs:
+        agreement.add_row(
+            pair.a,
+            pair.b,
+            _n(pair.problems),
+            _n(pair.agree),
+            _n(pair.agreement),
+            _n(pair.kappa, 2),
+            _n(pair.both_solved),
+            _n(pair.a_only),
+            _n(pair.b_only),
+            _n(pair.neither),
+        )
+    console.print(agreement)
+
+
 @handle_errors
 def stats(
     run_dir: Path = RUN_DIR,
     format: StatsFormat = typer.Option(StatsFormat.table, "--format", "-f", help="table or json"),
 ) -> None:
-    """Summarize a run: funnel, drops by reason, pass rates, bands, teachers, dedup, exports."""
+    """Summarize a run: funnel, drops by reason, pass rates, bands, teachers side by side
+    (accuracy, length spread, agreement between teachers), dedup, exports."""
     from curate.summary import summarize
 
     summary = summarize(run_dir)
