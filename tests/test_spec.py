@@ -144,3 +144,13 @@ def test_cli_validate_ok(write_spec: WriteSpec) -> None:
     result = CliRunner().invoke(app, ["validate", str(write_spec(GOOD))])
     assert result.exit_code == 0, result.output
     assert "01-verify" in result.output
+
+
+def test_cli_validate_prints_regex_params_as_text(write_spec: WriteSpec) -> None:
+    spec = GOOD.replace(
+        "- verify: {method: math}", "- verify: {extract: regex, pattern: '([a-z]+)$'}"
+    )
+    assert spec != GOOD
+    result = CliRunner().invoke(app, ["validate", str(write_spec(spec))], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "([a-z]+)$" in result.output  # not swallowed as Rich markup

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from curate.cli.common import err, handle_errors, out
@@ -128,16 +129,17 @@ def validate(spec: Path = SPEC) -> None:
     from curate.engine import Build
 
     loaded = load_spec(spec)
-    out.print(f"[green]ok[/green] {spec}: {len(loaded.steps)} steps")
-    out.print(f"  input   {loaded.resolve(loaded.spec.input.path)}")
+    out.print(f"[green]ok[/green] {escape(str(spec))}: {len(loaded.steps)} steps")
+    out.print(f"  input   {escape(str(loaded.resolve(loaded.spec.input.path)))}")
     for step in loaded.steps:
         params = step.params.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-        out.print(f"  {step.stage_id:<12} {params}", highlight=False)
+        # escaped: params hold brackets ("[a-z]" in a regex, lists), not markup
+        out.print(f"  {step.stage_id:<12} {escape(str(params))}", highlight=False)
     for kind in ("sft", "preference"):
         output = getattr(loaded.spec.outputs, kind)
         if output is not None:
-            out.print(f"  → {kind:<10} {loaded.resolve(output.path)}")
-    out.print(f"  run dir {loaded.run_dir}")
+            out.print(f"  → {kind:<10} {escape(str(loaded.resolve(output.path)))}")
+    out.print(f"  run dir {escape(str(loaded.run_dir))}")
     print_cost_plan(cost_plan(Build(loaded)), out)
     for name, teacher in loaded.spec.teachers.items():
         env = getattr(teacher, "api_key_env", None)
