@@ -14,6 +14,12 @@ Policies (the `POLICIES` table maps a name to its class):
   for the prompt by seed + choice index.
 - `fixed` (alias `echo`): one constant completion (about 200 tokens by default), for
   throughput benchmarks.
+- `rules`: a scripted rule-distillation (ReDis) teacher over a task file of problems with
+  demonstrations. Asked a problem's prompt, it proposes a "rule" that fits a drawn subset of the
+  demonstrations and says so in a marker (`[[rule P fits 1,3 of 4]]`); asked to apply a rule (a
+  prompt that holds such a marker), it answers `Output i: ...` for every demonstration, the
+  right output for those the rule fits and a wrong one for the others. So a rule's score under
+  `verify: {method: demonstrations}` is the size of its subset, known in advance.
 
 Tokens are approximated as whitespace-separated words (`len(text.split())`), for prompts and
 completions alike; a prompt counts the words of every message's text. `truncate_words` cuts a
@@ -28,6 +34,7 @@ raises `PromptNotFound` (the server answers 400) unless the policy has a `fallba
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -444,9 +451,111 @@ class FixedPolicy:
         return Completion(self.text or "")
 
 
+RULE_MARKER = re.compile(r"\[\[rule (?P<problem>[^\s\]]+) fits (?P<fits>[\d,]*) of (?P<n>\d+)\]\]")
+
+
+def rule_marker(problem: str, fits: Iterable[int], n: int) -> str:
+    """The marker a `rules` rule carries: which demonstrations (1-based) it reproduces."""
+    return f"[[rule {problem} fits {','.join(map(str, sorted(fits)))} of {n}]]"
+
+
+def wrong_output(value: Any) -> str:
+    """A demonstration output changed so that it no longer matches: a list literal with its
+    last item changed (or a 0 appended to an empty one), any other text prefixed by `not`."""
+    import ast
+
+    text = value if isinstance(value, str) else json.dumps(value)
+    try:
+        parsed = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        parsed = None
+    if isinstance(parsed, list):
+        if not parsed:
+            return "[0]"
+        last = parsed[-1]
+        parsed[-1] = last + 1 if isinstance(last, int) and not isinstance(last, bool) else 0
+        if parsed[-1] == last:
+            parsed.append(0)
+        return repr(parsed)
+    return f"not {text}"
+
+
+@dataclass
+class RulesPolicy:
+    """ReDis, scripted: rules that fit a drawn subset of the demonstrations, and applications
+    that reproduce exactly that subset (see the module docstring).
+
+    `problems` maps a problem's prompt to (problem id, demonstration outputs). A rule for a
+    problem with N demonstrations fits k of them, k drawn uniformly from 0..N per request and
+    choice (the subset uniformly among those of size k), so equal draws give equal rule texts,
+    which exact dedup then removes."""
+
+    name: ClassVar[str] = "rules"
+    problems: Mapping[str, tuple[str, list[Any]]]
+
+    def __post_init__(self) -> None:
+        self.table = PromptTable(self.problems)
+        self.by_id = {pid: outputs for pid, outputs in self.problems.values()}
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        *,
+        prompt_column: str = "prompt",
+        id_column: str = "id",
+        demonstrations_column: str = "train",
+    ) -> RulesPolicy:
+        rows = read_rows(path)
+        for name in (prompt_column, id_column, demonstrations_column):
+            _column(rows, path, name)
+        problems: dict[str, tuple[str, list[Any]]] = {}
+        for i, row in enumerate(rows):
+            demos = row[demonstrations_column]
+            if not isinstance(demos, list) or not all(
+                isinstance(d, dict) and "output" in d for d in demos
+            ):
+                raise InputError(
+                    f"{path}: row {i}: '{demonstrations_column}' must be a list of "
+                    "{input, output} objects"
+                )
+            problems[str(row[prompt_column])] = (
+                str(row[id_column]),
+                [d["output"] for d in demos],
+            )
+        return cls(problems=problems)
+
+    def model_names(self) -> list[str]:
+        return []
+
+    def complete(self, request: ChatRequest, index: int) -> Completion:
+        text = request.prompt
+        marker = RULE_MARKER.search(text)
+        if marker is not None:
+            outputs = self.by_id.get(marker.group("problem"))
+            if outputs is None:
+                raise PromptNotFound(f"rule for an unknown problem: {marker.group()!r}")
+            fits = {int(f) for f in marker.group("fits").split(",") if f}
+            lines = [
+                f"Output {i}: {out if i in fits else wrong_output(out)}"
+                for i, out in enumerate(outputs, start=1)
+            ]
+            return Completion("\n".join(lines))
+        problem, outputs = self.table.find(text)
+        rng = random.Random(request.key(index))
+        n = len(outputs)
+        chosen = sorted(rng.sample(range(1, n + 1), rng.randint(0, n)))
+        shown = ", ".join(map(str, chosen)) or "none"
+        return Completion(
+            f"The rule maps each input to its output the way examples {shown} show; it does "
+            f"not hold for the other examples. {rule_marker(problem, chosen, n)}"
+        )
+
+
 POLICIES: dict[str, type[Any]] = {
     "reference": ReferencePolicy,
     "replay": ReplayPolicy,
     "fixed": FixedPolicy,
     "echo": FixedPolicy,
+    "rules": RulesPolicy,
 }

@@ -19,6 +19,7 @@ class PolicyName(str, Enum):
     reference = "reference"
     replay = "replay"
     fixed = "fixed"
+    rules = "rules"
 
 
 class Reasoning(str, Enum):
@@ -53,8 +54,13 @@ def teacher_server(
     traces: Path = typer.Option(
         None, "--traces", help="replay policy: JSONL/JSON/CSV/Parquet of prompts and completions"
     ),
+    tasks: Path = typer.Option(
+        None,
+        "--tasks",
+        help="rules policy: JSONL/JSON/CSV/Parquet of problems (id, prompt, train demonstrations)",
+    ),
     prompt_column: str = typer.Option(
-        "prompt", help="column of --answers/--traces with the prompt"
+        "prompt", help="column of --answers/--traces/--tasks with the prompt"
     ),
     answer_column: str = typer.Option("answer", help="column of --answers with the answer"),
     completion_column: str = typer.Option(
@@ -113,6 +119,7 @@ def teacher_server(
         Policy,
         ReferencePolicy,
         ReplayPolicy,
+        RulesPolicy,
         Style,
     )
 
@@ -177,6 +184,10 @@ def teacher_server(
                 completion_column=completion_column,
                 reasoning_column=reasoning_column,
             )
+        elif policy is PolicyName.rules:
+            if tasks is None:
+                raise typer.BadParameter("the rules policy needs --tasks", param_hint="--tasks")
+            chosen = RulesPolicy.from_file(tasks, prompt_column=prompt_column)
         else:
             chosen = FixedPolicy(words=words)
     except (ValidationError, ValueError) as exc:
