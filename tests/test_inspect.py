@@ -408,3 +408,11 @@ def test_sql_and_shell_print_brackets_as_text(run_dir: Path) -> None:
     assert code == 0 and "a[bold]b[x,y]c" in output and "[1, 2]" in output, output
     code, output = invoke("shell", run_dir, input=query + ";\n")
     assert code == 0 and "a[bold]b[x,y]c" in output and "[1, 2]" in output, output
+
+
+def test_sql_csv_writes_lists_and_structs_as_json(run_dir: Path) -> None:
+    code, output = invoke(
+        "sql", run_dir, "SELECT [1, 2] AS l, {'a': 1} AS s, 'x' AS t", "-f", "csv"
+    )
+    assert code == 0, output
+    assert output.splitlines()[-2:] == ["l,s,t", '"[1,2]","{""a"":1}",x']

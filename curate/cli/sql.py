@@ -57,14 +57,25 @@ def sql(
     if format is Format.table and output is None:
         _print_table(relation, max_rows)
         return
-    frame = relation.pl()
-    text = frame.write_csv() if format is Format.csv else frame.write_ndjson()
-    if format is Format.table:  # table into a file: CSV is the honest text form
-        text = frame.write_csv()
+    if format is Format.json:
+        text = relation.pl().write_ndjson()
+    else:  # csv, or a table into a file: CSV is the honest text form
+        text = _nested_as_json(relation).pl().write_csv()
     if output is None:
         typer.echo(text, nl=False)
     else:
         output.write_text(text)
+
+
+def _nested_as_json(relation: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """CSV holds no lists or structs: such columns become their JSON text."""
+    columns = []
+    for name, dtype in zip(relation.columns, relation.types, strict=True):
+        quoted = '"' + name.replace('"', '""') + '"'
+        kind = str(dtype)
+        nested = kind.endswith("]") or kind.startswith(("STRUCT", "MAP", "UNION"))
+        columns.append(f"to_json({quoted})::VARCHAR AS {quoted}" if nested else quoted)
+    return relation.project(", ".join(columns))
 
 
 def _print_table(relation: duckdb.DuckDBPyRelation, max_rows: int) -> None:
