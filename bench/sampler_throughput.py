@@ -209,6 +209,43 @@ async def run_curator(base_url: str, n_requests: int, concurrency: int) -> None:
         raise RuntimeError(f"curator returned {len(rows)} rows for {n_requests} prompts")
 
 
+async def run_curate_sample(base_url: str, n_requests: int, concurrency: int) -> None:
+    """The `sample` operator as a build runs it: plan, request cache (a fresh SQLite file per
+    call, so nothing is answered from it), rate limiter, retries, budget checks and row
+    building; one sample of each of n_requests problems."""
+    import polars as pl
+
+    from curate.operators import StageContext
+    from curate.sample import Sample, SampleParams
+    from curate.schemas.spec import OpenAITeacher
+
+    os.environ["BENCH_TEACHER_KEY"] = API_KEY
+    teacher = OpenAITeacher(
+        provider="openai",
+        model=MODEL,
+        base_url=base_url,
+        api_key_env="BENCH_TEACHER_KEY",
+        max_concurrency=concurrency,
+    )
+    frame = pl.DataFrame(
+        {
+            "problem_id": [str(i) for i in range(n_requests)],
+            "prompt": [payload(i)["messages"][0]["content"] for i in range(n_requests)],
+        }
+    )
+    with tempfile.TemporaryDirectory(dir=OUT) as work:
+        context = StageContext(
+            stage_id="01-sample",
+            teachers={"t": teacher},
+            request_cache=Path(work) / "requests.sqlite",
+        )
+        operator = Sample(SampleParams(teachers=["t"], n=1, max_tokens=MAX_TOKENS), context=context)
+        result = await asyncio.to_thread(operator.apply, frame)
+    rows = result.kept
+    if rows.height != n_requests or rows["completion"].null_count():
+        raise RuntimeError(f"sample returned {rows.height} rows for {n_requests} problems")
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
@@ -218,11 +255,6 @@ class Row:
 
 # ------------------------------------------------------------------------------------------
 # ROWS: the benchmark's rows, in print order; the first is the anchor.
-# The lead adds `curate sample` here, e.g.
-#     "sample": Row("curate sample (operator)", run_curate_sample),
-# with `async def run_curate_sample(base_url, n_requests, concurrency) -> None` that builds
-# the operator's teacher config for base_url (max_concurrency=concurrency) and samples
-# n_requests problems once each.
 # ------------------------------------------------------------------------------------------
 ROWS: dict[str, Row] = {
     "aiohttp": Row("aiohttp POST loop (anchor)", run_aiohttp),
@@ -232,6 +264,7 @@ ROWS: dict[str, Row] = {
         "openai + aiohttp + with_raw_response (no model)", run_openai_aiohttp_raw
     ),
     "curator": Row("bespokelabs-curator LLM", run_curator, python="curator"),
+    "sample": Row("curate sample (operator, cache, limiter, rows)", run_curate_sample),
 }
 ANCHOR = "aiohttp"
 
@@ -428,6 +461,7 @@ def main_process(args: argparse.Namespace) -> None:
                 for key in keys:
                     runs[key].append(timed_run(key, server, base_url, setting, n, args))
             anchor: dict[str, float] | None = None
+            best_rate: dict[str, float] = {}
             for key in keys:
                 name = ROWS[key].name
                 timed = [r for r in runs[key] if "wall_s" in r]
@@ -437,6 +471,7 @@ def main_process(args: argparse.Namespace) -> None:
                     continue
                 best = min(timed, key=lambda r: r["wall_s"])
                 rate = n / best["wall_s"]
+                best_rate[key] = rate
                 cpu_ms = best["cpu_s"] * 1000 / n
                 if key == ANCHOR:
                     anchor = {"rate": rate, "cpu_ms": cpu_ms}
@@ -456,6 +491,12 @@ def main_process(args: argparse.Namespace) -> None:
                     f"{name:<50}{rate:>9,.0f}{ratio_rate:>11}{cpu_ms:>12.2f}{ratio_cpu:>11}"
                     f"{served:>11,}{shown:>19}{flag}{spread}"
                 )
+            if "sample" in best_rate and "curator" in best_rate:
+                times = best_rate["sample"] / best_rate["curator"]
+                print(f"curate sample / curator: {times:.2f}x (target >= 1.5x)")
+            if "sample" in best_rate and setting.ideal:
+                share = best_rate["sample"] / setting.ideal
+                print(f"curate sample: {share:.0%} of the ideal {setting.ideal:,.0f} req/s")
             print()
     finally:
         server.terminate()
