@@ -28,15 +28,12 @@ import polars as pl
 
 from curate import __version__
 from curate.errors import RunDirError
+from curate.executors import Executor, executor_settings, make_executor
 from curate.inputs import file_sha256, read_input
 from curate.operators import (
     DROP_DETAIL,
-    DROP_REASON,
     Operator,
-    OpResult,
-    Scope,
     StageContext,
-    StageIncomplete,
     params_json,
 )
 from curate.parquet_io import (
@@ -44,9 +41,7 @@ from curate.parquet_io import (
     atomic_dir,
     clean_leftovers,
     count_rows,
-    iter_batches,
     part_files,
-    read_parts,
     to_arrow,
     write_table,
 )
@@ -132,6 +127,7 @@ class Build:
         force: bool = False,
         workers: int | None = None,
         refresh: bool = False,
+        executor: Executor | None = None,
     ) -> None:
         self.loaded = loaded
         self.reporter = reporter or SilentReporter()
@@ -141,6 +137,15 @@ class Build:
         self.run_id = new_run_id()
         self.workers = workers or loaded.spec.workers or max(1, os.cpu_count() or 1)
         self.budget = Budget(loaded.spec.budget_usd)
+        # Ray starts only when a step runs (a dry run or `validate` makes a Build too).
+        self._executor = executor
+
+    @property
+    def executor(self) -> Executor:
+        """How this build's steps are scheduled: given, or the spec's `executor:`."""
+        if self._executor is None:
+            self._executor = make_executor(executor_settings(self.loaded.spec.executor))
+        return self._executor
 
     @property
     def request_cache(self) -> Path:
@@ -344,35 +349,13 @@ class Build:
         total = count_rows(source)
         self.reporter.stage_started(step.stage_id, total)
         started = time.perf_counter()
-        stats = StageStats()
         metadata = self.lineage(step.stage_id, stage_fingerprint)
         with atomic_dir(folder) as tmp:
-            kept_writer = PartWriter(
-                tmp / "part-00000.parquet", metadata=metadata, schema=POOL_SCHEMA
+            # How the batches are scheduled is the executor's; the rest is shared (STYLE.md 8).
+            stage_run = self.executor.run_stage(
+                operator, source=source, out=tmp, metadata=metadata, reporter=self.reporter
             )
-            dropped_frames: list[pl.DataFrame] = []
-            batches: Iterator[pl.DataFrame]
-            if op_cls.scope is Scope.BATCH:
-                batches = iter_batches(source, batch_rows=BATCH_ROWS)
-            else:
-                batches = iter([read_parts(source)])
-            wrote_any = False
-            stopped: StageIncomplete | None = None
-            for batch in batches:
-                try:
-                    result = operator.run(batch)
-                except StageIncomplete as exc:  # keep what it finished, marked incomplete
-                    stopped, result = exc, exc.result
-                stats = stats + _batch_stats(batch, result)
-                if result.kept.height or not wrote_any:
-                    kept_writer.write(result.kept)
-                    wrote_any = True
-                if result.dropped.height:
-                    dropped_frames.append(result.dropped)
-                self.reporter.advance(batch.height)
-                if stopped is not None:
-                    break
-            kept_writer.close()
+            stats, dropped_frames, stopped = stage_run.stats, stage_run.dropped, stage_run.stopped
             if dropped_frames:
                 dropped = pl.concat(dropped_frames, how="diagonal_relaxed").with_columns(
                     pl.lit(step.stage_id).alias("drop_stage")
@@ -389,6 +372,7 @@ class Build:
                 **({"files": files} if files else {}),
                 "stats": stats.to_json(),
                 "run_id": self.run_id,
+                "executor": self.executor.kind,
             }
             extra = stopped.record if stopped is not None else operator.record_extra()
             token = extra.pop("output_token", None)
@@ -412,16 +396,6 @@ class Build:
         entry = {**record, "status": "reused"}
         self.reporter.stage_finished(entry)
         return entry
-
-
-def _batch_stats(batch: pl.DataFrame, result: OpResult) -> StageStats:
-    reasons: Counter[str] = Counter()
-    if result.dropped.height:
-        counts = result.dropped.group_by(DROP_REASON).len()
-        reasons = Counter(
-            dict(zip(counts[DROP_REASON].to_list(), counts["len"].to_list(), strict=True))
-        )
-    return StageStats(rows_in=batch.height, rows_out=result.kept.height, dropped_by_reason=reasons)
 
 
 def _dropped_arrow(dropped: pl.DataFrame) -> Any:

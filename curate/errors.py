@@ -70,3 +70,10 @@ class BuildStopped(CurateError):
     the stage is written marked incomplete and a re-run resumes from the request cache."""
 
     exit_code = 9
+
+
+class ExecutorError(CurateError):
+    """The executor cannot run the build: Ray is unreachable at the given address, or a task
+    failed on a worker after its retries."""
+
+    exit_code = 10

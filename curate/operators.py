@@ -33,6 +33,19 @@ class Scope(str, enum.Enum):
     GLOBAL = "global"
 
 
+class Distribution(str, enum.Enum):
+    """How an executor may spread an operator over workers (see curate.executors).
+
+    `rows`: any slice of the pool (batch scope). `per_problem`: the operator looks only within
+    a problem, so the pool may be hash-partitioned on problem_id and each partition run apart.
+    `driver`: it needs the whole pool in one process; a staged operator may still do part of
+    its work in parallel first (`prepare`)."""
+
+    ROWS = "rows"
+    PER_PROBLEM = "per_problem"
+    DRIVER = "driver"
+
+
 class Params(BaseModel):
     """Base of every operator's params model: unknown keys are errors, values are frozen."""
 
@@ -139,6 +152,20 @@ class Operator(ABC, Generic[P]):
         `output_token` there is folded into the fingerprint later stages chain on, for an
         output that is not decided by the fingerprint alone (answers re-sent after errors)."""
         return {}
+
+    def distribution(self) -> Distribution:
+        """How this step may be spread over workers; a global operator that looks only within
+        a problem (for its params) returns PER_PROBLEM."""
+        return Distribution.ROWS if self.scope is Scope.BATCH else Distribution.DRIVER
+
+    def prepares(self) -> bool:
+        """Whether `prepare` does work worth spreading before a driver-side global step."""
+        return False
+
+    def prepare(self, frame: pl.DataFrame) -> None:
+        """Staged global operators: do the row-local part of the work for one slice of the
+        pool (dedup signs texts into its cache) so that `run` on the whole pool finds it done.
+        Executors call it in parallel; it must not change what `run` returns."""
 
     def run(self, frame: pl.DataFrame) -> OpResult:
         """Check required columns, then apply. The engine calls this."""

@@ -7,7 +7,9 @@ Flow of `apply` (curate/teachers/__init__.py describes the transport under it):
    budget in the template); `failures`: every trace whose verdict is false (a teacher sees the
    wrong trace and writes a corrected one).
 2. `_plan_samples`: for each parent, teacher and sample j: the rendered messages, temperature,
-   seed and cache key (prompts.py says which template, system prompt and temperature).
+   seed and cache key (prompts.py says which template, system prompt and temperature; with
+   `template_by`, the row's value of that column picks the template, e.g. one per difficulty
+   band, each stating its band's token budget).
 3. `_resolve`: the request cache answers what it can; the rest go out as requests
    (teachers.dispatch), each answer cached as it arrives.
 4. `_rows`: one row per sample: the parent's problem columns, then the trace columns
@@ -20,6 +22,10 @@ Flow of `apply` (curate/teachers/__init__.py describes the transport under it):
 The output is the input's trace rows, unchanged, followed by the new rows; problem rows that
 had no trace yet are replaced by their traces. `plan` runs steps 1–3 without sending anything:
 `curate validate` and `curate build --dry-run` print it.
+
+`round` (set by a `rounds:` block, see curate.spec) is the round of the rows this step makes;
+with it, `input: trace` and `failures` read only rows of that round, and the round enters the
+request cache key, so a round asks afresh rather than reusing an earlier round's answers.
 
 Stopping early (budget reached, Ctrl-C) raises StageIncomplete with the rows answered so far;
 the engine writes them as the stage, marked incomplete, and a re-run resumes from the cache.
@@ -154,6 +160,28 @@ class SampleParams(Params):
     role: str | None = Field(
         None, description="the `role` column (default: teacher; rewriter for input: trace)"
     )
+    template_by: str | None = Field(
+        None,
+        description="a column whose value picks each row's template: `templates` is then a "
+        "mapping from its values to templates (`default` for any other value), e.g. "
+        "template_by: difficulty with one template per band stating the band's token budget",
+    )
+    round: int | None = Field(
+        None,
+        ge=0,
+        description="the `round` of the rows this step makes; a `rounds:` block sets it. With "
+        "it, input: trace / failures read only rows of this round, and each round asks afresh "
+        "(the round is part of the request cache key)",
+    )
+
+    @model_validator(mode="after")
+    def _template_by(self) -> SampleParams:
+        if self.template_by is not None and not isinstance(self.templates, dict):
+            raise ValueError(
+                "template_by needs `templates` as a mapping from the column's values to "
+                "templates, e.g. {easy: …, medium: …, hard: …, default: …}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _until(self) -> SampleParams:
@@ -277,6 +305,11 @@ class Sample(Operator[SampleParams]):
         systems = load_texts(p.system_prompts, prefix="s", base_dir=base, what="system prompt")
         self.files = [t.path for t in templates + systems if t.path is not None]
         self.variants: list[Variant] = make_variants(templates, systems, p.combine)
+        self.all_variants = list(range(len(self.variants)))
+        self.by_template: dict[str, list[int]] = {}
+        for index, variant in enumerate(self.variants):
+            if variant.template is not None:
+                self.by_template.setdefault(variant.template.id, []).append(index)
         self.renderer = Renderer(self.variants)
         self.temperatures = temperature_schedule(p.temperature, p.n)
         self.role = p.role or DEFAULT_ROLE[p.input]
@@ -353,6 +386,10 @@ class Sample(Operator[SampleParams]):
         rows = frame.filter(pl.col("completion").is_not_null() | simulated)
         if has_error:
             rows = rows.filter(pl.col("error").is_null())
+        if self.params.round is not None:  # a round corrects or rewrites its own traces
+            if "round" not in rows.columns:
+                return rows.clear()
+            rows = rows.filter(pl.col("round").eq(self.params.round))
         if mode == "failures":
             if "verdict" not in frame.columns:
                 if PLANNED_TOKENS in frame.columns:  # dry run: any trace may fail
@@ -363,6 +400,31 @@ class Sample(Operator[SampleParams]):
                 )
             rows = rows.filter(pl.col("verdict").eq(False) | simulated)
         return rows
+
+    def _variant_choices(self, row: Mapping[str, Any]) -> list[int]:
+        """Indexes of the variants a row's samples cycle over: all of them, or with
+        `template_by` those whose template is the one named by the row's value."""
+        column = self.params.template_by
+        if column is None:
+            return self.all_variants
+        if column not in row:
+            if PLANNED_TOKENS in row:  # a dry run: the column comes from a later stage
+                return self.by_template.get("default") or self.all_variants
+            raise OperatorError(
+                f"step '{self.context.stage_id}' (sample): template_by: the pool has no "
+                f"column '{column}' (columns: {', '.join(sorted(row))})"
+            )
+        value = row[column]
+        key = str(value) if value is not None else None
+        found = self.by_template.get(key) if key is not None else None
+        found = found or self.by_template.get("default")
+        if found is None:
+            raise OperatorError(
+                f"step '{self.context.stage_id}' (sample): template_by {column}: a row "
+                f"(problem_id {row.get('problem_id')!r}) has {column} {value!r}, which names "
+                f"no template; templates: {', '.join(self.by_template)} (add `default`)"
+            )
+        return found
 
     def _plan_samples(
         self, parents: pl.DataFrame, pairs: Iterable[tuple[int, str]], attempt: int
@@ -383,8 +445,11 @@ class Sample(Operator[SampleParams]):
         for parent, name in pairs:
             teacher = self.teacher(name)
             extra = _extra_json(teacher)
+            if p.round is not None:  # each round asks afresh (see the module docstring)
+                extra += f"\x00round={p.round}"
+            choices = self._variant_choices(rows[parent])
             for j in range(n):
-                v = j % len(variants)
+                v = choices[j % len(choices)]
                 if (parent, v) not in rendered:
                     context = row_context(dict(rows[parent]))
                     messages, system = self.renderer.messages(variants[v], context)
@@ -731,7 +796,7 @@ class Sample(Operator[SampleParams]):
         if mode == "problem":
             parent_keys = base.get_column("problem_id").to_list()
             parent_traces: list[str | None] = [None] * len(samples)
-            rounds = [0] * len(samples)
+            rounds = [p.round or 0] * len(samples)
         else:
             trace_ids = parents.get_column("trace_id").to_list()
             parent_traces = [trace_ids[i] for i in indices]

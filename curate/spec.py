@@ -17,23 +17,32 @@ from pydantic import BaseModel, ValidationError
 from curate.errors import SpecError
 from curate.operators import Operator, Params, params_json
 from curate.registry import closest_name, get_operator, operator_names
-from curate.schemas.spec import Spec
+from curate.schemas.spec import ROUNDS, RoundsSpec, Spec
 
 Loc = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One resolved step: its stage id (e.g. '03-prune'), operator class and validated params."""
+    """One resolved step: its stage id (e.g. '03-prune', or '04-r2-verify' in a rounds block),
+    operator class and validated params. `index` counts stages from 0 after the input; `loc` is
+    where the step is in the YAML (a rounds body step has one `loc` for all its rounds)."""
 
     index: int
     stage_id: str
     operator: type[Operator]
     params: Params
+    loc: Loc = ()
+    round: int | None = None  # the round of a step expanded from a `rounds:` block
 
     @property
     def name(self) -> str:
         return self.operator.name
+
+    @property
+    def yaml_loc(self) -> Loc:
+        """The YAML location of the step's operator key, e.g. ('steps', 2, 'sample')."""
+        return (*(self.loc or ("steps", self.index)), self.name)
 
 
 @dataclass(frozen=True)
@@ -258,7 +267,9 @@ def load_spec(path: str | Path) -> LoadedSpec:
     except ValidationError as exc:
         problems.extend(_validation_problems(exc, (), Spec, where, file))
         spec = None
-    steps = _validate_steps(data.get("steps"), where, file, problems)
+    declared = data.get("teachers")
+    teacher_names = set(map(str, declared)) if isinstance(declared, dict) else None
+    steps = _validate_steps(data.get("steps"), where, file, problems, teacher_names)
     if spec is not None and not problems:
         problems.extend(_check_output_refs(spec, steps, where, file))
         problems.extend(_check_teacher_refs(spec, steps, where, file))
@@ -279,44 +290,186 @@ def load_spec(path: str | Path) -> LoadedSpec:
     return LoadedSpec(spec=spec, steps=tuple(steps), path=spec_path, text=text, spec_hash=spec_hash)
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """A step before numbering: None params when it did not validate."""
+
+    loc: Loc
+    operator: type[Operator] | None
+    params: Params | None
+    round: int | None = None
+
+
 def _validate_steps(
-    raw_steps: Any, where: _Positions, file: str, problems: list[str]
+    raw_steps: Any,
+    where: _Positions,
+    file: str,
+    problems: list[str],
+    teacher_names: set[str] | None = None,
 ) -> list[Step]:
+    """The steps, each validated by its operator's params model; a `rounds:` block is expanded
+    into its body steps once per round. Stage ids number every stage in order (a step that did
+    not validate keeps its number, so later ids do not shift while the spec is being fixed)."""
     if not isinstance(raw_steps, list):
         return []
-    steps: list[Step] = []
+    slots: list[_Slot] = []
     for index, item in enumerate(raw_steps):
         if not isinstance(item, dict) or len(item) != 1:
             continue  # the Spec model already reported the shape
         ((name, raw_params),) = item.items()
-        loc: Loc = ("steps", index, str(name))
-        try:
-            op = get_operator(str(name))
-        except KeyError:
-            line, col = where.key_mark(loc)
-            hint = closest_name(str(name), operator_names())
-            suffix = f" (did you mean '{hint}'?)" if hint else ""
-            problems.append(
-                f"{file}:{line}:{col}: steps[{index}]: unknown operator '{name}'{suffix}; "
-                f"operators: {', '.join(operator_names())}"
+        loc: Loc = ("steps", index)
+        if name == ROUNDS:
+            slots.extend(_expand_rounds(raw_params, loc, where, file, problems, teacher_names))
+            continue
+        op, params = _resolve_step(str(name), raw_params, loc, where, file, problems)
+        slots.append(_Slot(loc=loc, operator=op, params=params))
+    steps: list[Step] = []
+    for number, slot in enumerate(slots):
+        if slot.operator is None or slot.params is None:
+            continue
+        tag = f"r{slot.round}-" if slot.round is not None else ""
+        steps.append(
+            Step(
+                index=number,
+                stage_id=f"{number + 1:02d}-{tag}{slot.operator.name}",
+                operator=slot.operator,
+                params=slot.params,
+                loc=slot.loc,
+                round=slot.round,
             )
-            continue
-        params_data = {} if raw_params is None else raw_params
-        if not isinstance(params_data, dict):
-            line, col = where.find(loc)
-            problems.append(
-                f"{file}:{line}:{col}: steps[{index}].{name}: expected a mapping "
-                f"of parameters, got {type(params_data).__name__}"
-            )
-            continue
-        try:
-            params = op.params_model.model_validate(params_data)
-        except ValidationError as exc:
-            problems.extend(_validation_problems(exc, loc, op.params_model, where, file))
-            continue
-        stage_id = f"{index + 1:02d}-{op.name}"
-        steps.append(Step(index=index, stage_id=stage_id, operator=op, params=params))
+        )
     return steps
+
+
+def _resolve_step(
+    name: str,
+    raw_params: Any,
+    loc: Loc,
+    where: _Positions,
+    file: str,
+    problems: list[str],
+) -> tuple[type[Operator] | None, Params | None]:
+    """The operator named `name` and its validated params (None, None and a problem noted when
+    either is wrong). `loc` is the step's place in the YAML, e.g. ('steps', 3)."""
+    key_loc: Loc = (*loc, name)
+    try:
+        op = get_operator(name)
+    except KeyError:
+        line, col = where.key_mark(key_loc)
+        hint = closest_name(name, operator_names())
+        suffix = f" (did you mean '{hint}'?)" if hint else ""
+        nested = "; rounds blocks do not nest" if name == ROUNDS else ""
+        problems.append(
+            f"{file}:{line}:{col}: {_field_path(loc)}: unknown operator '{name}'{suffix}"
+            f"{nested}; operators: {', '.join(operator_names())}"
+        )
+        return None, None
+    params_data = {} if raw_params is None else raw_params
+    if not isinstance(params_data, dict):
+        line, col = where.find(key_loc)
+        problems.append(
+            f"{file}:{line}:{col}: {_field_path(key_loc)}: expected a mapping "
+            f"of parameters, got {type(params_data).__name__}"
+        )
+        return op, None
+    try:
+        params = op.params_model.model_validate(params_data)
+    except ValidationError as exc:
+        problems.extend(_validation_problems(exc, key_loc, op.params_model, where, file))
+        return op, None
+    return op, params
+
+
+def _expand_rounds(
+    raw: Any,
+    loc: Loc,
+    where: _Positions,
+    file: str,
+    problems: list[str],
+    teacher_names: set[str] | None,
+) -> list[_Slot]:
+    """A `rounds: {count, steps, teachers}` block as `count` copies of its body, round by round.
+
+    Each body step is validated once (so an error is reported once, at its line). In round r a
+    step whose params model has a `round` field (sample) gets `round: r`, and the teacher names
+    of a `teachers` list are swapped by the block's `teachers` mapping."""
+    block_loc: Loc = (*loc, ROUNDS)
+    if not isinstance(raw, dict):
+        line, col = where.find(block_loc)
+        problems.append(
+            f"{file}:{line}:{col}: {_field_path(block_loc)}: expected a mapping "
+            f"{{count, steps}}, got {type(raw).__name__}"
+        )
+        return []
+    try:
+        block = RoundsSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_validation_problems(exc, block_loc, RoundsSpec, where, file))
+        return []
+    for alias, names in block.teachers.items():
+        for position, target in enumerate(names):
+            if teacher_names is not None and target not in teacher_names:
+                line, col = where.find((*block_loc, "teachers", alias, position))
+                hint = closest_name(target, sorted(teacher_names))
+                suffix = f" (did you mean '{hint}'?)" if hint else ""
+                known = ", ".join(sorted(teacher_names)) or "none"
+                problems.append(
+                    f"{file}:{line}:{col}: {_field_path(block_loc)}.teachers.{alias}"
+                    f"[{position}]: teacher '{target}' (round {position + 1}) is not "
+                    f"declared{suffix}; declared teachers: {known}"
+                )
+    body: list[tuple[Loc, str, type[Operator] | None, dict[str, Any]]] = []
+    used: set[str] = set()
+    before = len(problems)
+    for j, item in enumerate(block.steps):
+        ((name, raw_params),) = item.items()
+        step_loc: Loc = (*block_loc, "steps", j)
+        op, params = _resolve_step(str(name), raw_params, step_loc, where, file, problems)
+        names = raw_params.get("teachers") if isinstance(raw_params, dict) else None
+        if isinstance(names, list):
+            used.update(map(str, names))
+        if op is None or params is None:
+            body.append((step_loc, str(name), None, {}))
+            continue
+        data = dict(raw_params or {})
+        if "round" in op.params_model.model_fields and "round" in data:
+            line, col = where.key_mark((*step_loc, str(name), "round"))
+            problems.append(
+                f"{file}:{line}:{col}: {_field_path((*step_loc, str(name)))}.round: set by the "
+                "rounds block (round 1, 2, …); leave it out"
+            )
+        body.append((step_loc, str(name), op, data))
+    for alias in block.teachers:
+        if alias not in used:
+            line, col = where.key_mark((*block_loc, "teachers", alias))
+            problems.append(
+                f"{file}:{line}:{col}: {_field_path(block_loc)}.teachers.{alias}: no step of "
+                f"the body names teacher '{alias}' (a `sample` step's `teachers:` should)"
+            )
+    if len(problems) > before:
+        return [_Slot(loc=step_loc, operator=None, params=None) for step_loc, *_ in body]
+    slots: list[_Slot] = []
+    seen: set[str] = set()
+    for r in range(1, block.count + 1):
+        for step_loc, name, op, data in body:
+            assert op is not None  # a body with a step that did not validate returned above
+            round_data = dict(data)
+            if "round" in op.params_model.model_fields:
+                round_data["round"] = r
+            names = round_data.get("teachers")
+            if isinstance(names, list) and "teachers" in op.params_model.model_fields:
+                swapped = block.teachers
+                round_data["teachers"] = [
+                    swapped[str(n)][r - 1] if str(n) in swapped else n for n in names
+                ]
+            found: list[str] = []
+            _, params = _resolve_step(name, round_data, step_loc, where, file, found)
+            for problem in found:  # e.g. a swapped teacher listed twice
+                if problem not in seen:
+                    seen.add(problem)
+                    problems.append(f"{problem} (in round {r})")
+            slots.append(_Slot(loc=step_loc, operator=op, params=params, round=r))
+    return slots
 
 
 def _check_output_refs(spec: Spec, steps: list[Step], where: _Positions, file: str) -> list[str]:
@@ -351,12 +504,14 @@ def _check_teacher_refs(spec: Spec, steps: list[Step], where: _Positions, file: 
         for position, name in enumerate(names):
             if name in spec.teachers:
                 continue
-            line, col = where.find(("steps", step.index, step.name, "teachers", position))
+            line, col = where.find((*step.yaml_loc, "teachers", position))
             hint = closest_name(name, declared)
             suffix = f" (did you mean '{hint}'?)" if hint else ""
             known = ", ".join(declared) or "none; add a `teachers:` mapping at the top"
-            problems.append(
-                f"{file}:{line}:{col}: steps[{step.index}].{step.name}.teachers: teacher "
+            problem = (
+                f"{file}:{line}:{col}: {_field_path(step.yaml_loc)}.teachers: teacher "
                 f"'{name}' is not declared{suffix}; declared teachers: {known}"
             )
+            if problem not in problems:  # a rounds body step is checked once per round
+                problems.append(problem)
     return problems

@@ -81,7 +81,7 @@ from curate.minhash import (
     sign_texts,
     verification_margin,
 )
-from curate.operators import DROP_DETAIL, DROP_REASON, Filter, Params, Scope
+from curate.operators import DROP_DETAIL, DROP_REASON, Distribution, Filter, Params, Scope
 from curate.schemas.pool import PROBLEM_COLUMNS
 from curate.shingles import Shingles, match_keys, shingle_hashes, shingle_settings
 from curate.vector_cache import CacheStats, VectorCache
@@ -251,6 +251,22 @@ class Dedup(Filter[DedupParams]):
     requires: ClassVar[tuple[str, ...]] = ("problem_id",)
 
     cache_stats: CacheStats | None = None  # the last signature or embedding cache lookup
+
+    def distribution(self) -> Distribution:
+        """scope per_problem compares only within a problem; global needs the whole pool."""
+        if self.params.scope == "per_problem":
+            return Distribution.PER_PROBLEM
+        return Distribution.DRIVER
+
+    def prepares(self) -> bool:
+        """MinHash signatures are row-local: executors sign slices in parallel into the cache
+        that `decide` then reads (the same cache a re-run reads, so results are unchanged)."""
+        return self.params.method == "minhash" and self.context.cache_dir is not None
+
+    def prepare(self, frame: pl.DataFrame) -> None:
+        if self.prepares():
+            self._check(frame)
+            self._signatures(frame[self.params.on])
 
     def decide(self, frame: pl.DataFrame) -> pl.DataFrame:
         units = self._units(frame)

@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 
 from curate.errors import OperatorError
 from curate.filters.common import DEFAULT_BANDS, band_expr, check_bands
-from curate.operators import Operator, OpResult, Params, Scope
+from curate.operators import Distribution, Operator, OpResult, Params, Scope
 
 TEACHER_COLUMNS = ("teacher_n_judged", "teacher_n_correct", "teacher_pass_rate")
 
@@ -85,6 +85,9 @@ class Grade(Operator[GradeParams]):
     scope: ClassVar[Scope] = Scope.GLOBAL
     params_model: ClassVar[type[Params]] = GradeParams
     requires: ClassVar[tuple[str, ...]] = ("problem_id", "verdict")
+
+    def distribution(self) -> Distribution:
+        return Distribution.PER_PROBLEM  # every column is a window over problem_id
 
     def apply(self, frame: pl.DataFrame) -> OpResult:
         if frame.schema["verdict"] not in (pl.Boolean, pl.Null):

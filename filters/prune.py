@@ -37,7 +37,7 @@ from curate.filters.common import (
     order_keys,
     require_columns,
 )
-from curate.operators import DROP_DETAIL, DROP_REASON, Filter, Params, Scope
+from curate.operators import DROP_DETAIL, DROP_REASON, Distribution, Filter, Params, Scope
 from curate.tokens import APPROXIMATE, load_counter, tokenizer_file
 
 DEFAULT_BUDGET_KEY = "default"
@@ -102,6 +102,9 @@ class Prune(Filter[PruneParams]):
         """The tokenizer.json, when one is named: a changed file re-runs the step."""
         path = tokenizer_file(self.params.tokenizer, base_dir=self.context.base_dir)
         return [] if path is None else [path]
+
+    def distribution(self) -> Distribution:
+        return Distribution.PER_PROBLEM  # token counts per row, the cap per problem
 
     def decide(self, frame: pl.DataFrame) -> pl.DataFrame:
         params = self.params

@@ -52,7 +52,7 @@ from curate.filters.common import (
     require_columns,
 )
 from curate.filters.stratified import draw_problems
-from curate.operators import DROP_DETAIL, DROP_REASON, Filter, Params, Scope
+from curate.operators import DROP_DETAIL, DROP_REASON, Distribution, Filter, Params, Scope
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +214,13 @@ class Select(Filter[SelectParams]):
 
     def _require(self, frame: pl.DataFrame, columns: list[str], why: str) -> None:
         require_columns(frame, columns, step=self.context.stage_id, operator=self.name, why=why)
+
+    def distribution(self) -> Distribution:
+        """Per problem, unless `sample` draws across problems or `solved_by` checks that the
+        named models appear anywhere in the pool (a `where` expression is read per row)."""
+        if self.params.sample is None and self.params.solved_by is None:
+            return Distribution.PER_PROBLEM
+        return Distribution.DRIVER
 
     def decide(self, frame: pl.DataFrame) -> pl.DataFrame:
         params = self.params

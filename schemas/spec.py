@@ -7,7 +7,14 @@ import importlib.util
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 BadRows = Literal["fail", "skip"]
 
@@ -246,6 +253,77 @@ class VLLMTeacher(Strict):
 
 Teacher = Annotated[OpenAITeacher | VLLMTeacher, Field(discriminator="provider")]
 
+ROUNDS = "rounds"  # the steps entry that repeats a block of steps (see RoundsSpec)
+
+
+class RoundsSpec(Strict):
+    """`- rounds: {count, steps}`: the body steps repeated `count` times, as ordinary stages
+    whose ids say the round (`03-r1-sample`, `04-r1-verify`, …, `08-r2-sample`). Each `sample`
+    in the body gets `round: r`: its rows carry round r, and its `input: trace` / `failures`
+    read only rows of round r. The body is the same in every round but for `teachers`, which
+    can swap a teacher per round (Tailored Learning: the student retrained between rounds)."""
+
+    count: int = Field(ge=1, le=100, description="how many rounds")
+    steps: list[dict[str, Any]] = Field(
+        min_length=1, description="the body: operators in order, each `- name: {params}`"
+    )
+    teachers: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="a teacher per round: {name used in the body: [teacher of round 1, of "
+        "round 2, …]}, one entry per round, each declared under `teachers:` at the top",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _shape(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, step in enumerate(steps):
+            if len(step) != 1:
+                raise ValueError(
+                    f"steps[{index}] must be a mapping with exactly one operator name, "
+                    f"got keys {sorted(step)}"
+                )
+        return steps
+
+    @field_validator("teachers")
+    @classmethod
+    def _one_per_round(
+        cls, teachers: dict[str, list[str]], info: ValidationInfo
+    ) -> dict[str, list[str]]:
+        count = info.data.get("count")
+        for name, names in teachers.items():
+            if count is not None and len(names) != count:
+                raise ValueError(f"{name}: give one teacher per round ({count}), got {len(names)}")
+        return teachers
+
+
+class ExecutorSpec(Strict):
+    """Where the steps run: `local` (this process) or `ray` (a Ray cluster, `pip install
+    'curate[ray]'`). `curate build --executor/--address` override these."""
+
+    kind: Literal["local", "ray"] = Field("local", description="local or ray")
+    address: str | None = Field(
+        None,
+        description="ray: the cluster to join ('auto' on a cluster node, 'ray://host:10001'); "
+        "none: start a local Ray",
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="ray: CPUs of a local Ray started by the build (default: all)"
+    )
+    memory_per_task: int | None = Field(
+        None, ge=1, description="ray: bytes of memory each task reserves (default: none)"
+    )
+    batch_rows: int = Field(20_000, ge=1, description="rows per task of a batch-scope step")
+
+    @model_validator(mode="after")
+    def _ray_only(self) -> ExecutorSpec:
+        if self.kind == "local":
+            given = [
+                k for k in ("address", "num_cpus", "memory_per_task") if k in self.model_fields_set
+            ]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to kind: ray")
+        return self
+
 
 class Spec(Strict):
     """One build: where problems come from, the steps, and what to write."""
@@ -262,7 +340,9 @@ class Spec(Strict):
     workers: int | None = Field(None, ge=1, description="processes for CPU-bound steps")
     input: InputSpec = Field(description="the problems, or traces made elsewhere")
     steps: list[dict[str, Any]] = Field(
-        default_factory=list, description="operators in order, each `- name: {params}`"
+        default_factory=list,
+        description="operators in order, each `- name: {params}`; `- rounds: {count, steps}` "
+        "repeats a block of them",
     )
     outputs: OutputsSpec = Field(
         default=OutputsSpec(), description="training sets to write: sft, preference"
@@ -275,6 +355,9 @@ class Spec(Strict):
         gt=0,
         description="stop sending requests once the traces of this build cost this much "
         "(cached answers count at what they cost); a re-run with more resumes",
+    )
+    executor: ExecutorSpec = Field(
+        default=ExecutorSpec(), description="where the steps run: local or a Ray cluster"
     )
     request_cache: str | None = Field(
         None, description="SQLite file of teacher answers (default: <run_dir>/requests.sqlite)"
@@ -323,6 +406,17 @@ def spec_json_schema() -> dict[str, Any]:
                 "additionalProperties": False,
             }
         )
+    rounds = RoundsSpec.model_json_schema(by_alias=True)
+    rounds["properties"]["steps"]["items"] = {"oneOf": list(variants)}
+    defs["rounds_block"] = rounds
+    variants.append(
+        {
+            "type": "object",
+            "properties": {ROUNDS: {"$ref": "#/$defs/rounds_block"}},
+            "required": [ROUNDS],
+            "additionalProperties": False,
+        }
+    )
     schema["properties"]["steps"]["items"] = {"oneOf": variants}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://github.com/curate/curate/schemas/spec.schema.json"

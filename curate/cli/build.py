@@ -29,6 +29,17 @@ def build(
     refresh: bool = typer.Option(
         False, "--refresh", help="ask teachers again: ignore (and overwrite) cached answers"
     ),
+    executor: str = typer.Option(
+        "",
+        "--executor",
+        help="where the steps run: local or ray (default: the spec's `executor:`, else local)",
+    ),
+    address: str = typer.Option(
+        "",
+        "--address",
+        help="with --executor ray: the cluster to join ('auto' on a cluster node); none "
+        "starts a local Ray",
+    ),
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
@@ -38,6 +49,7 @@ def build(
 ) -> None:
     """Run the spec: read input, run each step (reusing unchanged stages), write outputs."""
     from curate.engine import Build
+    from curate.executors import executor_settings, make_executor
     from curate.progress import RichReporter
 
     loaded = load_spec(spec)
@@ -49,7 +61,19 @@ def build(
     show_operator_logs()
     reporter = RichReporter(err)
     reporter.message(f"building [bold]{loaded.spec.name}[/bold] → {loaded.run_dir}")
-    build_ = Build(loaded, reporter=reporter, force=force, workers=workers or None, refresh=refresh)
+    settings = executor_settings(
+        loaded.spec.executor, kind=executor or None, address=address or None
+    )
+    if settings.kind == "ray":
+        reporter.message(f"executor: ray ({settings.address or 'a local Ray started here'})")
+    build_ = Build(
+        loaded,
+        reporter=reporter,
+        force=force,
+        workers=workers or None,
+        refresh=refresh,
+        executor=make_executor(settings),
+    )
     manifest = build_.run()
     reused = sum(1 for s in manifest["stages"] if s["status"] == "reused")
     err.print(

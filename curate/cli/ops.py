@@ -87,6 +87,7 @@ def reference_markdown() -> str:
         ("`input.columns`", models.ColumnMap),
         ("`outputs.sft`", models.SFTOutput),
         ("`outputs.preference`", models.PreferenceOutput),
+        ("`steps: - rounds`", models.RoundsSpec),
         ("`teachers.<name>` with `provider: openai`", models.OpenAITeacher),
         ("`teachers.<name>` with `provider: vllm`", models.VLLMTeacher),
     ]

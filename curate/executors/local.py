@@ -1,0 +1,58 @@
+"""The local executor: one process streams a batch-scope step over the stage in batches, and
+hands a global step the whole pool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from curate.executors.base import Executor, StageRun, batch_stats
+from curate.operators import Operator, Scope, StageIncomplete
+from curate.parquet_io import PartWriter, iter_batches, read_parts
+from curate.progress import SilentReporter
+from curate.schemas.pool import POOL_SCHEMA
+
+BATCH_ROWS = 20_000
+
+
+class LocalExecutor(Executor):
+    kind = "local"
+
+    def __init__(self, *, batch_rows: int = BATCH_ROWS) -> None:
+        self.batch_rows = batch_rows
+
+    def run_stage(
+        self,
+        operator: Operator,
+        *,
+        source: Path,
+        out: Path,
+        metadata: dict[str, str],
+        reporter: SilentReporter,
+    ) -> StageRun:
+        writer = PartWriter(out / "part-00000.parquet", metadata=metadata, schema=POOL_SCHEMA)
+        batches: Iterator[pl.DataFrame]
+        if operator.scope is Scope.BATCH:
+            batches = iter_batches(source, batch_rows=self.batch_rows)
+        else:
+            batches = iter([read_parts(source)])
+        run = StageRun()
+        wrote_any = False
+        for batch in batches:
+            try:
+                result = operator.run(batch)
+            except StageIncomplete as exc:  # keep what it finished, marked incomplete
+                run.stopped, result = exc, exc.result
+            run.stats = run.stats + batch_stats(batch.height, result)
+            if result.kept.height or not wrote_any:
+                writer.write(result.kept)
+                wrote_any = True
+            if result.dropped.height:
+                run.dropped.append(result.dropped)
+            reporter.advance(batch.height)
+            if run.stopped is not None:
+                break
+        writer.close()
+        return run

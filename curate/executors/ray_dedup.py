@@ -1,0 +1,472 @@
+"""Global dedup of a trace column (`dedup: {on: completion, scope: global}`) staged on Ray, with
+the same clusters, representatives, reasons and details as `filters/dedup.py` run locally.
+
+Units are rows, numbered by their position in the pool. The stages:
+
+1. per slice (task): read the compared column, MinHash-sign the non-blank texts
+   (curate.minhash.sign_texts), hash each signature whole and per LSH band; exact: the
+   match key (curate.shingles.match_keys). Signatures stay in the object store, by slice.
+2. identical signatures (minhash) or equal match keys (exact): hash-partitioned on the key,
+   each partition pairs every unit to the first unit with its key.
+3. minhash: the band keys of the remaining units, hash-partitioned on (band, key); each
+   partition applies the local bucket rule (all pairs up to 32 units, else a star and a
+   chain), so the candidate pairs are those of `curate.minhash.candidate_pairs`.
+4. minhash: each pair's similarity in two hops (the slice owning its first unit attaches that
+   signature row and sends the pair to the partition owning its second unit, which compares);
+   estimates within the verification margin of the threshold are replaced by the exact
+   Jaccard of the two shingle sets, from texts the owning slices hand over, as the local
+   operator does.
+5. connected components on Ray (curate.executors.ray_components).
+6. on the driver, the operator's own `_write` picks representatives and writes details from
+   thin columns (row, problem_id, trace id, length, score: no text); the similarity of a
+   member to its representative is estimated by step-4 tasks.
+7. per slice (task): the decided columns are joined to the slice's rows; kept rows are
+   written as the slice's part.
+
+The driver holds per row an id, a length and a label, and the pairs; never texts or
+signatures. Signatures are not read from or written to the step's signature cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from curate.executors.ray import Fragment
+from curate.executors.ray_components import components_on_ray
+from curate.minhash import ALL_PAIRS_BUCKET, estimated_jaccard, shingle_jaccard, sign_texts
+from curate.minhash import verification_margin as margin_of
+from curate.operators import DROP_DETAIL, DROP_REASON
+from curate.shingles import match_keys, shingle_hashes
+
+if TYPE_CHECKING:
+    from curate.filters.dedup import Dedup
+
+logger = logging.getLogger(__name__)
+
+_NON_SPACE = r"[^\s\x1c-\x1f]"
+_PRIME = np.uint64(0x9E3779B97F4A7C15)
+PAIRS = {"i": pl.Int64, "j": pl.Int64}
+DECIDED = ("dup_cluster", "dup_of", DROP_REASON, DROP_DETAIL)
+
+
+def distributable(operator: Dedup) -> bool:
+    """Whether this dedup step runs staged on Ray: global scope, units are rows (a trace
+    column), method exact or minhash. Others run on the driver."""
+    from curate.filters.dedup import PROBLEM_TEXT_COLUMNS
+
+    params = operator.params
+    return (
+        params.scope == "global"
+        and params.on not in PROBLEM_TEXT_COLUMNS
+        and params.method in ("exact", "minhash")
+    )
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a 64-bit hash of each value."""
+    x = values.copy()
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def row_keys(sig: np.ndarray, first: int, last: int) -> np.ndarray:
+    """A 64-bit hash of each row's slots first..last-1 (equal slices give equal keys)."""
+    key = np.full(sig.shape[0], np.uint64(first + 1), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for col in range(first, last):
+            key = _mix(key * _PRIME + sig[:, col].astype(np.uint64))
+    return key
+
+
+def bucket_pairs(rows: pl.DataFrame) -> pl.DataFrame:
+    """Pairs (i < j) of units sharing a (band, key), by the rule of curate.minhash."""
+    sized = rows.with_columns(pl.len().over("band", "key").alias("size")).filter(pl.col("size") > 1)
+    small = sized.filter(pl.col("size") <= ALL_PAIRS_BUCKET).select("band", "key", "unit")
+    pairs = (
+        small.join(small, on=["band", "key"], suffix="_r")
+        .filter(pl.col("unit") < pl.col("unit_r"))
+        .select(pl.col("unit").alias("i"), pl.col("unit_r").alias("j"))
+    )
+    large = sized.filter(pl.col("size") > ALL_PAIRS_BUCKET).sort("band", "key", "unit")
+    star = large.select(
+        pl.col("unit").first().over("band", "key").alias("i"), pl.col("unit").alias("j")
+    )
+    chain = large.select(
+        pl.col("unit").shift(1).over("band", "key").alias("i"), pl.col("unit").alias("j")
+    ).drop_nulls()
+    extra = pl.concat([star, chain]).filter(pl.col("i") < pl.col("j"))
+    return pl.concat([pairs, extra]).unique()
+
+
+class RayDedup:
+    """One global dedup step over a stage's slices, on Ray (see the module docstring)."""
+
+    def __init__(
+        self,
+        ray: Any,
+        operator: Dedup,
+        frags: list[Fragment],
+        *,
+        options: dict[str, Any],
+        partitions: int,
+    ) -> None:
+        self.ray = ray
+        self.op = operator
+        self.frags = frags
+        self.options = options
+        self.partitions = max(1, partitions)
+        self.starts = np.array([f.first_row for f in frags], dtype=np.int64)
+        self.timings: dict[str, float] = {}  # seconds per stage, for bench/ray_scale.py
+        self.candidates = 0
+
+    def _remote(self, fn: Callable[..., Any], num_returns: int = 1) -> Any:
+        return self.ray.remote(num_returns=num_returns, **self.options)(fn)
+
+    # --- 1. sign -----------------------------------------------------------------------
+
+    def sign(self) -> tuple[list[Any], list[Any], list[list[Any]]]:
+        """Per slice: its thin rows, its signature block and its key pieces by partition."""
+        params = self.op.params
+        on, method, parts = params.on, params.method, self.partitions
+        banding = params.banding() if method == "minhash" else None
+
+        def task(frag: Fragment) -> list[Any]:
+            from curate.executors.ray import read_fragment
+
+            frame = read_fragment(frag)
+            text = frame[on].cast(pl.String)
+            row = np.arange(frag.first_row, frag.first_row + frame.height, dtype=np.int64)
+            uid = frame.select(
+                pl.coalesce("trace_id", "problem_id")
+                if "trace_id" in frame.columns
+                else pl.col("problem_id")
+            ).to_series()
+            score = (
+                frame["score"].cast(pl.Float64)
+                if "score" in frame.columns
+                else pl.Series([None] * frame.height, dtype=pl.Float64)
+            )
+            eligible = text.str.contains(_NON_SPACE).fill_null(False)
+            thin = pl.DataFrame(
+                {
+                    "row": row,
+                    "problem_id": frame["problem_id"],
+                    "uid": uid,
+                    "score": score,
+                    "length": text.str.len_chars().fill_null(0).cast(pl.Int64),
+                    "eligible": eligible,
+                }
+            )
+            units = row[eligible.to_numpy()]
+            texts = text.filter(eligible)
+            if banding is None:  # exact: the match key itself is the key
+                keyed = pl.DataFrame({"unit": units, "key": match_keys(texts)})
+                block: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                hashed = keyed["key"].hash(seed=5)
+            else:
+                sig = sign_texts(
+                    texts,
+                    unit=params.shingle,
+                    n=params.ngram,
+                    num_perm=params.num_perm,
+                    seed=params.seed,
+                )
+                whole = row_keys(sig, 0, sig.shape[1])
+                bands = (
+                    np.stack(
+                        [
+                            row_keys(sig, b * banding.rows, (b + 1) * banding.rows)
+                            for b in range(banding.bands)
+                        ],
+                        axis=1,
+                    )
+                    if units.size
+                    else np.empty((0, banding.bands), np.uint64)
+                )
+                block = (units, sig, bands)
+                keyed = pl.DataFrame({"unit": units, "key": pl.Series(whole, dtype=pl.UInt64)})
+                hashed = keyed["key"]
+            part = (hashed % parts).cast(pl.Int64)
+            pieces = [keyed.filter(part == p) for p in range(parts)]
+            return [thin, block, *pieces]
+
+        remote = self._remote(task, num_returns=2 + parts)
+        refs = [remote.remote(frag) for frag in self.frags]
+        return [r[0] for r in refs], [r[1] for r in refs], [list(r[2:]) for r in refs]
+
+    # --- 2, 3. candidate pairs ---------------------------------------------------------
+
+    def first_of_key(self, pieces: list[list[Any]]) -> pl.DataFrame:
+        """Every unit paired to the first unit with its key (equal signatures or match keys)."""
+
+        def task(*keyed: pl.DataFrame) -> pl.DataFrame:
+            frame = pl.concat(keyed)
+            firsts = frame.with_columns(pl.col("unit").min().over("key").alias("first"))
+            return firsts.filter(pl.col("unit") != pl.col("first")).select(
+                pl.col("first").alias("i"), pl.col("unit").alias("j")
+            )
+
+        remote = self._remote(task)
+        refs = [remote.remote(*[p[k] for p in pieces]) for k in range(self.partitions)]
+        return pl.concat(self.ray.get(refs)).cast(PAIRS)
+
+    def band_pairs(self, blocks: list[Any], repeated: np.ndarray) -> pl.DataFrame:
+        """Candidate pairs of units that share a band (only the first of identical ones)."""
+        parts = self.partitions
+        skip = self.ray.put(repeated)
+
+        def split(block: tuple[np.ndarray, np.ndarray, np.ndarray], skip: np.ndarray) -> Any:
+            units, _, bands = block
+            keep = ~np.isin(units, skip)
+            units, bands = units[keep], bands[keep]
+            frame = pl.DataFrame(
+                {
+                    "band": np.tile(np.arange(bands.shape[1], dtype=np.int64), units.shape[0]),
+                    "key": pl.Series(bands.reshape(-1), dtype=pl.UInt64),
+                    "unit": np.repeat(units, bands.shape[1]),
+                }
+            )
+            part = ((frame["key"] ^ frame["band"].cast(pl.UInt64)) % parts).cast(pl.Int64)
+            pieces = [frame.filter(part == p) for p in range(parts)]
+            return pieces if parts > 1 else pieces[0]
+
+        def buckets(*pieces: pl.DataFrame) -> pl.DataFrame:
+            return bucket_pairs(pl.concat(pieces))
+
+        split_remote = self._remote(split, num_returns=parts)
+        split_refs = [split_remote.remote(b, skip) for b in blocks]
+        if parts == 1:
+            split_refs = [[r] for r in split_refs]
+        bucket_remote = self._remote(buckets)
+        refs = [bucket_remote.remote(*[s[p] for s in split_refs]) for p in range(parts)]
+        return pl.concat(self.ray.get(refs)).cast(PAIRS)
+
+    def _owner(self, units: np.ndarray) -> np.ndarray:
+        """The slice that holds each unit (units are row numbers)."""
+        return np.searchsorted(self.starts, units, side="right") - 1
+
+    # --- 4. similarity -----------------------------------------------------------------
+
+    def similarity(
+        self, blocks: list[Any], i: np.ndarray, j: np.ndarray, *, verify: bool
+    ) -> np.ndarray:
+        """The estimated Jaccard of each pair; with `verify`, the exact one for estimates
+        within the verification margin of the threshold (as filters/dedup.py decides).
+
+        Estimates take two hops, so no task sees more than its share of the pairs: the slice
+        owning a pair's first unit attaches that unit's signature row and sends the pair to
+        the partition owning its second unit, which compares. For close pairs, each slice
+        hands over the texts of its units in one, and tasks over chunks of those pairs compare
+        shingle sets (close pairs are few: those within the margin of the threshold)."""
+        out = np.empty(i.shape[0], dtype=np.float32)
+        if i.size == 0:
+            return out
+        ray = self.ray
+        params = self.op.params
+        banding = params.banding()
+        margin, threshold = margin_of(banding), banding.threshold
+        frags, on = self.frags, params.on
+
+        parts = self.partitions
+        owner_of = self._owner
+
+        def attach(
+            block: tuple[np.ndarray, np.ndarray, np.ndarray],
+            k: np.ndarray,
+            a: np.ndarray,
+            b: np.ndarray,
+        ) -> Any:
+            """Hop 1, on the slice that owns each pair's first unit: attach that unit's
+            signature row, then split the pairs by the partition of their second unit."""
+            units, sig, _ = block
+            rows = sig[np.searchsorted(units, a)]
+            target = owner_of(b) % parts
+            pieces = [(k[target == q], b[target == q], rows[target == q]) for q in range(parts)]
+            return pieces if parts > 1 else pieces[0]
+
+        def estimate(
+            block_refs: list[Any], *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]
+        ) -> tuple[np.ndarray, np.ndarray]:
+            """Hop 2, on the partition that owns each pair's second unit: compare."""
+            k = np.concatenate([p[0] for p in pieces])
+            if k.size == 0:
+                return k, np.empty(0, dtype=np.float32)
+            blocks_here = ray.get(block_refs)  # refs inside a list are not resolved for us
+            b = np.concatenate([p[1] for p in pieces])
+            left = np.concatenate([p[2] for p in pieces])
+            units = np.concatenate([blk[0] for blk in blocks_here])
+            sig = np.concatenate([blk[1] for blk in blocks_here])
+            order = np.argsort(units)
+            right = sig[order][np.searchsorted(units[order], b)]
+            both = np.concatenate([left, right])
+            n = k.shape[0]
+            sims = estimated_jaccard(both, np.arange(n), np.arange(n, 2 * n))
+            return k, sims
+
+        def texts_of(frag: Fragment, wanted: np.ndarray) -> pl.DataFrame:
+            from curate.executors.ray import read_fragment
+
+            rows = read_fragment(frag, [on]).with_columns(
+                (pl.int_range(pl.len(), dtype=pl.Int64) + frag.first_row).alias("unit")
+            )
+            return rows.filter(pl.col("unit").is_in(wanted))
+
+        def exact(a: np.ndarray, b: np.ndarray, *pieces: pl.DataFrame) -> np.ndarray:
+            table = pl.concat(pieces).sort("unit")
+            shingles = shingle_hashes(
+                table[on].cast(pl.String), unit=params.shingle, n=params.ngram
+            )
+            units = table["unit"].to_numpy()
+            return shingle_jaccard(shingles, np.searchsorted(units, a), np.searchsorted(units, b))
+
+        def by_slice(units: np.ndarray) -> list[np.ndarray]:
+            owner = owner_of(units)
+            return [units[owner == f] for f in range(len(frags))]
+
+        k_all = np.arange(i.shape[0], dtype=np.int64)
+        first_owner = owner_of(i)
+        attach_remote = self._remote(attach, num_returns=parts)
+        hop1 = []
+        for f in np.unique(first_owner).tolist():
+            mine = first_owner == f
+            hop1.append(attach_remote.remote(blocks[f], k_all[mine], i[mine], j[mine]))
+        if parts == 1:
+            hop1 = [[ref] for ref in hop1]
+        estimate_remote = self._remote(estimate, num_returns=2)
+        hop2 = [
+            estimate_remote.remote(
+                [blocks[f] for f in range(len(frags)) if f % parts == q],
+                *[refs[q] for refs in hop1],
+            )
+            for q in range(parts)
+        ]
+        for k_ref, s_ref in hop2:
+            k, sims = ray.get([k_ref, s_ref])
+            out[k] = sims
+        if not verify:
+            return out
+        sure = out >= np.float32(threshold + margin)
+        close = np.flatnonzero(~sure & (out >= np.float32(threshold - margin)))
+        if close.size == 0:
+            return out
+        ci, cj = i[close], j[close]
+        wanted = by_slice(np.unique(np.concatenate([ci, cj])))
+        texts_remote = self._remote(texts_of)
+        texts = [
+            texts_remote.remote(frags[f], wanted[f]) for f in range(len(frags)) if wanted[f].size
+        ]
+        chunk = max(1, -(-close.size // self.partitions))
+        exact_remote = self._remote(exact)
+        spans = [(k, min(k + chunk, close.size)) for k in range(0, close.size, chunk)]
+        refs = [exact_remote.remote(ci[a:b], cj[a:b], *texts) for a, b in spans]
+        for (a, b), ref in zip(spans, refs, strict=True):
+            out[close[a:b]] = ray.get(ref)
+        return out
+
+    # --- all stages ----------------------------------------------------------------------
+
+    def decide(self) -> tuple[list[Any], pl.DataFrame]:
+        """Per slice, its decided columns (dup_cluster, dup_of, drop_reason, drop_detail) as a
+        frame in row order, and the thin rows of the whole stage."""
+        from curate.filters.dedup import Found
+
+        ray = self.ray
+        params = self.op.params
+        clock = _Clock(self.timings)
+        thin_refs, blocks, pieces = self.sign()
+        thin = pl.concat(ray.get(thin_refs))
+        clock.lap("sign")
+        identical = self.first_of_key(pieces)
+        clock.lap("identical")
+        if params.method == "exact":
+            i, j = identical["i"].to_numpy(), identical["j"].to_numpy()
+            sim = np.ones(i.shape[0], dtype=np.float32)
+        else:
+            banded = self.band_pairs(blocks, np.unique(identical["j"].to_numpy()))
+            pairs = pl.concat([identical, banded]).unique().sort("i", "j")
+            i, j = pairs["i"].to_numpy(), pairs["j"].to_numpy()
+            clock.lap("bands")
+            self.candidates = i.shape[0]
+            sim = self.similarity(blocks, i, j, verify=params.verify)
+            if params.verify:
+                # The local rule keeps a pair whose estimate is sure (>= threshold + margin) or
+                # whose exact Jaccard (computed when the estimate was close) reaches the
+                # threshold; with close estimates replaced by exact values, that is sim >= t.
+                keep = sim >= np.float32(params.banding().threshold)
+                i, j, sim = i[keep], j[keep], sim[keep]
+            clock.lap("verify")
+        n = thin.height
+        labels = components_on_ray(ray, n, i, j, partitions=self.partitions, options=self.options)
+        clock.lap("components")
+        units = thin.select(
+            pl.col("row").alias("unit"),
+            pl.col("row").alias("first_row"),
+            pl.lit(0, dtype=pl.Int64).alias("group"),
+            "length",
+            "eligible",
+            "score",
+            "uid",
+        )
+        if params.method == "exact":
+            similarity = _ones
+        else:
+
+            def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+                return self.similarity(blocks, a, b, verify=False)
+
+        logger.info(
+            "step '%s' (dedup on %s): staged on Ray over %d slices and %d partitions: %d "
+            "duplicate pairs, %d rows in clusters",
+            self.op.context.stage_id,
+            params.on,
+            len(self.frags),
+            self.partitions,
+            i.shape[0],
+            int((labels != np.arange(n)).sum() + np.unique(labels[labels != np.arange(n)]).size),
+        )
+        found = Found(i, j, sim, similarity)
+        # The operator's own representative choice and details, on thin columns.
+        decided = self.op._write(thin.select("problem_id"), units, labels, found)
+        columns = decided.select(DECIDED)
+        clock.lap("representatives")
+        return [ray.put(columns.slice(f.first_row, f.stop - f.start)) for f in self.frags], thin
+
+
+class _Clock:
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = now - self.last
+        self.last = now
+
+
+def _ones(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.ones(a.shape[0], dtype=np.float32)
+
+
+def apply_decisions(
+    frame: pl.DataFrame, decided: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A slice's rows with their decided columns, split as `Filter.apply` splits them."""
+    body = frame.drop([c for c in ("dup_cluster", "dup_of") if c in frame.columns])
+    full = pl.concat([body, decided], how="horizontal")
+    is_kept = pl.col(DROP_REASON).is_null()
+    return full.filter(is_kept).drop(DROP_REASON, DROP_DETAIL), full.filter(~is_kept)
+
+
+def part_path(out: Path, index: int) -> Path:
+    return out / f"part-{index:05d}.parquet"
