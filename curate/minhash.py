@@ -1,21 +1,21 @@
 """MinHash signatures and LSH banding for near-duplicate search.
 
 Signatures: one-permutation MinHash (OPH) with optimal densification (Shrivastava, ICML 2017),
-our own NumPy kernel. Each shingle hash (curate.shingles) is mixed with the seed; its top bits
-pick one of `num_perm` slots and its low 32 bits are the value; a slot keeps its minimum
-(`np.minimum.at`); an empty slot borrows the value of the first filled slot along a probe
+our own compiled kernel (curate.hash_kernels). Each shingle hash (curate.shingles) is mixed with
+the seed; its top bits pick one of `num_perm` slots and its low 32 bits are the value; a slot
+keeps its minimum; an empty slot borrows the value of the first filled slot along a probe
 sequence shared by all rows. Two rows agree in a slot with probability equal to their Jaccard
 similarity, as with k independent permutations, at the cost of one hash per shingle instead of
-k. Why not rensa, which the project depends on: rensa's batch call on our flat shingle hashes
-(`RMinHash.digest_matrix_from_flat_token_hashes`) signs fast, but the only way to read its
-signatures back is `to_rows()`, which builds a Python list per row and costs several times the
-signing; this kernel, output included, takes about half of rensa's sign-and-read (0.33 s
-against 0.63 s for 40,000 traces in `sign_texts`' chunks; `rensa_signatures` is kept for that
-comparison and for bench/dedup_accuracy.py). datasketch's `update_batch` on
-pre-made shingles is about 20x slower than our whole path from text. OPH estimates of short
-texts (fewer shingles than slots) spread a little wider than R-MinHash's
-(bench/dedup_accuracy.py); the exact check of close pairs below makes that harmless for what
-is reported.
+k. `sign_texts` goes from text to signatures in one kernel call per chunk, without making the
+shingle array. Why not rensa, which the project depends on: rensa's batch call on our flat
+shingle hashes (`RMinHash.digest_matrix_from_flat_token_hashes`) signs about as fast as this
+kernel (0.08 s for the 20.6 M shingles of 40,000 traces, against 0.05-0.08 s), but the only way
+to read its signatures back is `to_rows()`, which builds a Python list per row: 0.46-0.52 s with
+it (`rensa_signatures` is kept for that comparison and for bench/dedup_accuracy.py).
+datasketch's `update_batch` on pre-made shingles is 20-50x slower than our whole path from text
+(bench/minhash_speed.py). OPH estimates of short texts (fewer shingles than slots) spread a
+little wider than R-MinHash's (bench/dedup_accuracy.py); the exact check of close pairs below
+makes that harmless for what is reported.
 
 LSH: the signature is cut into `bands` bands of `rows` slots; two documents become a candidate
 pair when all slots of some band agree, which for Jaccard similarity s happens with probability
@@ -37,12 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from curate.shingles import Shingles, Unit, shingle_hashes
+from curate.shingles import Shingles, Unit, encode, tokenize
 
-CHUNK_BYTES = 1 << 19  # text per chunk of sign_texts
-DENSIFY_TAIL = 4096  # empty slots left when densification switches to the rank table
+CHUNK_BYTES = 1 << 19  # text per chunk of sign_texts: a task for a thread
 RENSA_BLOCK = 8192  # rows per rensa call: to_rows() makes num_perm Python ints per row
-_EMPTY = np.uint32(0xFFFFFFFF)
 ALL_PAIRS_BUCKET = 32  # buckets up to this size give all their pairs; larger, a star and a chain
 VERIFY_BLOCK = 1 << 18  # candidate pairs compared per NumPy block
 _GRID = np.linspace(0.0, 1.0, 2001)
@@ -145,50 +143,17 @@ def signatures(shingles: Shingles, *, num_perm: int, seed: int) -> np.ndarray:
     """The (rows, num_perm) uint32 one-permutation MinHash signature of each row's shingle set,
     densified (see the module docstring). A row with no shingle gets all slots 0xFFFFFFFF;
     callers must not treat two of those as similar."""
-    counts = shingles.counts
-    rows = counts.shape[0]
-    slots = rows * num_perm
-    keyed = shingles.hashes ^ _seed_key(seed, 0)
-    _mix(keyed)
-    slot = ((keyed >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)
-    flat = np.repeat(np.arange(rows, dtype=np.int64) * num_perm, counts) + slot.astype(np.int64)
-    sig = np.full(slots, _EMPTY, dtype=np.uint32)
-    np.minimum.at(sig, flat, keyed.astype(np.uint32))
-    filled = np.zeros(slots, dtype=bool)
-    filled[flat] = True
-    _densify(sig, filled, counts, num_perm, seed)
-    return sig.reshape(rows, num_perm)
+    from curate import hash_kernels
 
-
-def _densify(
-    sig: np.ndarray, filled: np.ndarray, counts: np.ndarray, num_perm: int, seed: int
-) -> None:
-    """Optimal densification (Shrivastava, ICML 2017): an empty slot j takes the value of the
-    first filled slot of the row in slot j's probe order (a permutation of the slots shared by
-    all rows), so two rows agree in slot j with probability equal to their Jaccard similarity.
-
-    Probing is vectorized over all empty slots, one probe step per pass: 8 steps, and more
-    while many slots remain; the few left (slots of rows with very few shingles, which may need
-    many steps) are then resolved at once: the first filled slot in probe order is the filled
-    slot of lowest rank."""
-    empty = np.flatnonzero(~filled.reshape(-1, num_perm)[counts > 0].reshape(-1))
-    if empty.size == 0:
-        return
-    order, rank = _probe_order(num_perm, seed)
-    rows_with = np.flatnonzero(counts > 0)
-    row_base = rows_with[empty // num_perm] * num_perm
-    slot = empty % num_perm
-    step = 0
-    while row_base.size and step < num_perm and (step < 8 or row_base.size > DENSIFY_TAIL):
-        source = row_base + order[slot, step]
-        hit = filled[source]
-        sig[row_base[hit] + slot[hit]] = sig[source[hit]]
-        row_base, slot = row_base[~hit], slot[~hit]
-        step += 1
-    if row_base.size:
-        table = filled.reshape(-1, num_perm)
-        ranked = np.where(table[row_base // num_perm], rank[slot], num_perm)
-        sig[row_base + slot] = sig[row_base + ranked.argmin(axis=1)]
+    order, _ = _probe_order(num_perm, seed)
+    return np.asarray(
+        hash_kernels.sign_shingles(
+            np.ascontiguousarray(shingles.hashes, dtype=np.uint64),
+            np.ascontiguousarray(shingles.counts, dtype=np.int64),
+            _seed_key(seed, 0),
+            order,
+        )
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -342,23 +307,21 @@ def estimated_jaccard(sig: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarr
 def shingle_jaccard(shingles: Shingles, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The exact Jaccard similarity of the shingle sets of rows a[k] and b[k] (float32; 0 when
     both sets are empty)."""
-    counts = shingles.counts
-    rows = pl.DataFrame(
-        {
-            "row": np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts),
-            "hash": shingles.hashes,
-        }
-    ).unique()
-    sizes = np.bincount(rows["row"].to_numpy(), minlength=counts.shape[0])
-    pairs = pl.DataFrame({"pair": np.arange(a.shape[0], dtype=np.int64), "a": a, "b": b})
-    left = pairs.join(rows, left_on="a", right_on="row").select("pair", "hash")
-    right = pairs.join(rows, left_on="b", right_on="row").select("pair", "hash")
-    shared = left.join(right, on=["pair", "hash"]).group_by("pair").len()
-    inter = np.zeros(a.shape[0], dtype=np.float64)
-    inter[shared["pair"].to_numpy()] = shared["len"].to_numpy()
-    union = sizes[a] + sizes[b] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, 0.0).astype(np.float32)
+    from curate import hash_kernels
+
+    sets, bounds = hash_kernels.sorted_sets(
+        np.ascontiguousarray(shingles.hashes, dtype=np.uint64),
+        np.ascontiguousarray(shingles.offsets, dtype=np.int64),
+    )
+    return np.asarray(
+        hash_kernels.pair_jaccard(
+            sets,
+            bounds,
+            np.ascontiguousarray(a, dtype=np.int64),
+            np.ascontiguousarray(b, dtype=np.int64),
+        ),
+        dtype=np.float32,
+    )
 
 
 def verification_margin(banding: Banding) -> float:
@@ -374,8 +337,11 @@ def sign_texts(
     texts: pl.Series, *, unit: Unit, n: int, num_perm: int, seed: int, workers: int = 1
 ) -> np.ndarray:
     """Signatures of `texts` (shingled as `curate.shingles.shingle_hashes`), computed in chunks
-    of about `CHUNK_BYTES` of text so that every NumPy pass stays in cache, on `workers`
-    threads (NumPy and Polars release the GIL for the heavy parts)."""
+    of about `CHUNK_BYTES` of text, on `workers` threads (the kernels release the GIL; only
+    the folding of texts with characters that NFKC or casefold change holds it). Equal to
+    `signatures(shingle_hashes(texts))`, without making the shingle array."""
+    from curate import hash_kernels
+
     texts = texts.cast(pl.String).fill_null("")
     sizes = texts.str.len_bytes().cast(pl.Int64).to_numpy()
     ends = np.cumsum(sizes)
@@ -384,11 +350,13 @@ def sign_texts(
     )
     bounds = np.unique(np.concatenate([[0], cuts, [texts.len()]])).tolist()
     out = np.empty((texts.len(), num_perm), dtype=np.uint32)
+    order, _ = _probe_order(num_perm, seed)
+    key = _seed_key(seed, 0)
 
     def run(span: tuple[int, int]) -> None:
         start, stop = span
-        shingles = shingle_hashes(texts.slice(start, stop - start), unit=unit, n=n)
-        out[start:stop] = signatures(shingles, num_perm=num_perm, seed=seed)
+        tokens, counts = tokenize(encode(texts.slice(start, stop - start), unit), unit)
+        out[start:stop] = hash_kernels.sign_tokens(tokens, counts, n, key, order)
 
     spans = list(itertools.pairwise(bounds))
     if workers <= 1 or len(spans) <= 1:

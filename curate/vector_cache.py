@@ -8,14 +8,16 @@ directory (`runs/<run>/cache/<operator>/`), which survives a change of the step'
 re-running a dedup with a new threshold signs and embeds nothing again.
 
 Storage: under `<cache_dir>/<kind>-<settings hash>/`, a `settings.json` saying what the vectors
-are, and one Parquet file per computation with columns `key` (16-byte BLAKE2b of the UTF-8 text)
-and `vector` (fixed-size list). Each file is written under a temporary name and renamed, so a
-killed run leaves a whole file or none.
+are, and one Parquet file per computation with columns `key` (a 16-byte digest of the UTF-8 text:
+BLAKE2b, or XXH3-128 where the settings say `content_key: xxh3-128`) and `vector` (fixed-size
+list), uncompressed (hashes and embeddings barely compress). Each file is written under a
+temporary name and renamed, so a killed run leaves a whole file or none.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import uuid
@@ -31,13 +33,39 @@ import pyarrow.parquet as pq
 
 from curate.errors import OperatorError
 
+CONTENT_KEYS = ("blake2b-128", "xxh3-128")  # the first is the default
 
-def content_keys(texts: Sequence[str | None]) -> list[bytes]:
-    """A 16-byte BLAKE2b digest of each text's UTF-8 bytes (null hashes like the empty text)."""
-    return [
-        hashlib.blake2b((text or "").encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        for text in texts
-    ]
+
+def content_keys(texts: Sequence[str | None] | pl.Series, scheme: str = "blake2b-128") -> pl.Series:
+    """A 16-byte digest of each text's UTF-8 bytes (null hashes like the empty text), as a
+    Binary Series: BLAKE2b, or XXH3-128 (the `xxhash` package; about 5x faster over 100,000
+    traces of 1.6 kB, for callers that key large batches). The bytes are read from the Arrow
+    buffer, with no Python string per text."""
+    if scheme == "blake2b-128":
+        blake2b = hashlib.blake2b
+
+        def digest(data: memoryview) -> bytes:
+            return blake2b(data, digest_size=16).digest()
+
+    elif scheme == "xxh3-128":
+        import xxhash
+
+        digest = xxhash.xxh3_128_digest
+    else:
+        raise ValueError(f"content key {scheme!r}: expected one of {', '.join(CONTENT_KEYS)}")
+    series = texts if isinstance(texts, pl.Series) else pl.Series(list(texts), dtype=pl.String)
+    array = series.cast(pl.String).fill_null("").to_arrow()
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    array = array.cast(pa.large_string())
+    count = len(array)
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)
+    bounds = offsets[array.offset : array.offset + count + 1].tolist()
+    buffer = array.buffers()[2]
+    data = memoryview(buffer) if buffer is not None else memoryview(b"")
+    digests = b"".join([digest(data[a:b]) for a, b in itertools.pairwise(bounds)])
+    keys = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), count, [None, pa.py_buffer(digests)])
+    return pl.Series("key", keys.cast(pa.binary()), dtype=pl.Binary)
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -57,7 +85,9 @@ class CacheStats:
 
 @dataclass(frozen=True)
 class VectorCache:
-    """Fixed-width vectors per text, of one kind and settings, cached in `folder` (None: off)."""
+    """Fixed-width vectors per text, of one kind and settings, cached in `folder` (None: off).
+    `settings["content_key"]`, when given, names how texts are keyed (`CONTENT_KEYS`); being a
+    setting, it also gives the cache its own folder."""
 
     folder: Path | None
     kind: str  # "minhash", "embedding": the first part of the folder name
@@ -80,72 +110,81 @@ class VectorCache:
 
         `compute` gets a list of distinct texts that are not cached and must return an array of
         shape (len(list), width). Repeated texts are computed once."""
-        keys = content_keys(texts)
-        rows = pl.DataFrame(
-            {"key": keys, "row": np.arange(len(keys), dtype=np.int64)},
-            schema={"key": pl.Binary, "row": pl.Int64},
-        )
-        distinct = rows.unique("key", keep="first", maintain_order=True)
-        cached_keys, cached_vectors = self._load()
-        cached = pl.DataFrame(
-            {"key": cached_keys, "cached_row": np.arange(len(cached_keys), dtype=np.int64)},
-            schema={"key": pl.Binary, "cached_row": pl.Int64},
-        ).unique("key", keep="first")
-        found = distinct.join(cached, on="key", how="left")
-        missing = found.filter(pl.col("cached_row").is_null())
-        hits = found.filter(pl.col("cached_row").is_not_null())
+        series = pl.Series("text", list(texts), dtype=pl.String)
+        return self.series_vectors(series, lambda todo: compute(todo.to_list()))
 
-        by_key = np.empty((distinct.height, self.width), dtype=self.dtype)
-        distinct_pos = {key: i for i, key in enumerate(distinct["key"].to_list())}
-        if hits.height:
-            positions = np.fromiter(
-                (distinct_pos[k] for k in hits["key"].to_list()), np.int64, hits.height
-            )
-            by_key[positions] = cached_vectors[hits["cached_row"].to_numpy()]
+    def series_vectors(
+        self, texts: pl.Series, compute: Callable[[pl.Series], np.ndarray]
+    ) -> tuple[np.ndarray, CacheStats]:
+        """`vectors` for a String Series, with `compute` taking a Series (nulls as ""): no
+        Python string is made for a text unless `compute` makes it."""
+        texts = texts.cast(pl.String).fill_null("")
+        scheme = str(self.settings.get("content_key", CONTENT_KEYS[0]))
+        rows = pl.DataFrame({"key": content_keys(texts, scheme)}).with_row_index("row")
+        distinct = rows.unique("key", keep="first", maintain_order=True).with_row_index("distinct")
+        cached_keys, cached_vectors = self._load()
+        cached = (
+            pl.DataFrame({"key": cached_keys})
+            .with_row_index("cached_row")
+            .unique("key", keep="first")
+        )
+        found = distinct.join(cached, on="key", how="left", maintain_order="left")
+        hit = found["cached_row"].is_not_null().to_numpy()
+        missing = found.filter(~pl.Series(hit))
+        computed = np.empty((0, self.width), dtype=self.dtype)
         if missing.height:
-            todo_rows = missing["row"].to_numpy()
-            todo_texts = [texts[i] or "" for i in todo_rows]
-            computed = np.asarray(compute(todo_texts), dtype=self.dtype)
-            if computed.shape != (len(todo_texts), self.width):
+            # all texts new and distinct (a first run): no copy of the texts
+            whole = missing.height == texts.len()
+            computed = np.asarray(
+                compute(texts if whole else texts.gather(missing["row"])), dtype=self.dtype
+            )
+            if computed.shape != (missing.height, self.width):
                 raise OperatorError(
                     f"{self.kind}: computed vectors have shape {computed.shape}, "
-                    f"expected ({len(todo_texts)}, {self.width})"
+                    f"expected ({missing.height}, {self.width})"
                 )
-            positions = np.fromiter(
-                (distinct_pos[k] for k in missing["key"].to_list()), np.int64, missing.height
-            )
-            by_key[positions] = computed
-            self._append(missing["key"].to_list(), computed)
+            self._append(missing["key"], computed)
+        if missing.height == rows.height:
+            by_key = computed
+        else:
+            by_key = np.empty((distinct.height, self.width), dtype=self.dtype)
+            by_key[hit] = cached_vectors[found["cached_row"].to_numpy()[hit].astype(np.int64)]
+            by_key[~hit] = computed
 
         # Map every row to its distinct text's vector.
-        row_to_distinct = rows.join(
-            distinct.with_row_index("distinct_index").select("key", "distinct_index"),
-            on="key",
-            how="left",
-        ).sort("row")["distinct_index"]
-        out = by_key[row_to_distinct.to_numpy()]
+        if distinct.height == rows.height:
+            out = by_key
+        else:
+            index = rows.join(
+                distinct.select("key", "distinct"), on="key", how="left", maintain_order="left"
+            )["distinct"]
+            out = by_key[index.to_numpy().astype(np.int64)]
         stats = CacheStats(
-            rows=len(keys),
+            rows=rows.height,
             distinct=distinct.height,
-            from_cache=hits.height,
+            from_cache=int(hit.sum()),
             computed=missing.height,
         )
         return out, stats
 
-    def _load(self) -> tuple[list[bytes], np.ndarray]:
+    def _load(self) -> tuple[pl.Series, np.ndarray]:
         path = self.path
+        keys = pl.Series("key", [], dtype=pl.Binary)
         empty = np.empty((0, self.width), dtype=self.dtype)
         if path is None or not path.is_dir():
-            return [], empty
+            return keys, empty
         files = sorted(path.glob("part-*.parquet"))
         if not files:
-            return [], empty
+            return keys, empty
         table = pa.concat_tables([pq.read_table(f) for f in files])
-        keys: list[bytes] = table.column("key").to_pylist()
+        key_column = table.column("key").combine_chunks().cast(pa.binary())
         values = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        return keys, np.asarray(values, dtype=self.dtype).reshape(-1, self.width)
+        return (
+            pl.Series("key", key_column, dtype=pl.Binary),
+            np.asarray(values, dtype=self.dtype).reshape(-1, self.width),
+        )
 
-    def _append(self, keys: list[bytes], vectors: np.ndarray) -> None:
+    def _append(self, keys: pl.Series, vectors: np.ndarray) -> None:
         path = self.path
         if path is None:
             return
@@ -158,11 +197,12 @@ class VectorCache:
         flat = pa.array(np.ascontiguousarray(vectors).reshape(-1))
         table = pa.table(
             {
-                "key": pa.array(keys, type=pa.binary(16)),
+                "key": keys.to_arrow().cast(pa.binary(16)),
                 "vector": pa.FixedSizeListArray.from_arrays(flat, self.width),
             }
         )
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = path / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
+        # hashes and embeddings barely compress: zstd would cost more time than it saves
+        pq.write_table(table, tmp, compression="none")
         os.replace(tmp, path / name)

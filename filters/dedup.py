@@ -422,15 +422,16 @@ class Dedup(Filter[DedupParams]):
                 "num_perm": params.num_perm,
                 "seed": params.seed,
                 "signer": SIGNER,
+                "content_key": "xxh3-128",  # every run keys every text: the fast digest
                 **shingle_settings(params.shingle, params.ngram),
             },
             width=params.num_perm,
             dtype=np.dtype(np.uint32),
         )
 
-        def sign(todo: list[str]) -> np.ndarray:
+        def sign(todo: pl.Series) -> np.ndarray:
             return sign_texts(
-                pl.Series(todo, dtype=pl.String),
+                todo,
                 unit=params.shingle,
                 n=params.ngram,
                 num_perm=params.num_perm,
@@ -438,7 +439,7 @@ class Dedup(Filter[DedupParams]):
                 workers=self.context.workers,
             )
 
-        sig, stats = cache.vectors(texts.to_list(), sign)
+        sig, stats = cache.series_vectors(texts, sign)
         self.cache_stats = stats
         logger.info(
             "step '%s' (dedup): minhash signatures of %d distinct texts: %d from the cache, "

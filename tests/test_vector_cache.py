@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+import polars as pl
+import pytest
+import xxhash
 
-from curate.vector_cache import VectorCache
+from curate.vector_cache import VectorCache, content_keys
 
 
 def lengths(texts: list[str]) -> np.ndarray:
@@ -55,3 +59,27 @@ def test_no_folder_means_no_cache_and_empty_input_works(tmp_path: Path) -> None:
     assert out.shape == (0, 2) and stats.rows == 0
     out, _ = make(None).vectors(["abc"], lengths)
     assert out.tolist() == [[3, 3]]
+
+
+def test_content_keys_and_the_xxh3_scheme(tmp_path: Path) -> None:
+    texts = ["ab", "é", None, "ab" * 3000]
+    keys = content_keys(texts).to_list()
+    assert keys == [hashlib.blake2b((t or "").encode(), digest_size=16).digest() for t in texts]
+    fast = content_keys(pl.Series(texts), "xxh3-128").to_list()
+    assert fast == [xxhash.xxh3_128_digest((t or "").encode()) for t in texts]
+    with pytest.raises(ValueError, match="content key 'md5'"):
+        content_keys(texts, "md5")
+    # the scheme is a setting: its own folder, and a second call computes nothing
+    calls: list[list[str]] = []
+
+    def compute(batch: list[str]) -> np.ndarray:
+        calls.append(batch)
+        return lengths(batch)
+
+    cache = make(tmp_path, n=1, content_key="xxh3-128")
+    assert cache.path != make(tmp_path, n=1).path
+    cache.vectors(["a", "bb", "a"], compute)
+    out, stats = cache.vectors(["bb", "a", "ccc"], compute)
+    assert calls == [["a", "bb"], ["ccc"]]
+    assert out.tolist() == [[2, 2], [1, 1], [3, 3]]
+    assert (stats.from_cache, stats.computed) == (2, 1)
