@@ -147,8 +147,10 @@ def show_operator_logs() -> None:
 
 @handle_errors
 def validate(spec: Path = SPEC) -> None:
-    """Check a spec without running it; exit code 2 when it is invalid. With sample steps,
-    also print their requests and worst-case tokens and cost (as `build --dry-run` does)."""
+    """Check a spec without running it; exit code 2 when it is invalid.
+
+    With sample steps, also print their requests and worst-case tokens and cost (as
+    `build --dry-run` does)."""
     from curate.costs import cost_plan
     from curate.engine import Build
 

@@ -225,8 +225,9 @@ def stats(
     run_dir: Path = RUN_DIR,
     format: StatsFormat = typer.Option(StatsFormat.table, "--format", "-f", help="table or json"),
 ) -> None:
-    """Summarize a run: funnel, drops by reason, pass rates, bands, teachers side by side
-    (accuracy, length spread, agreement between teachers), dedup, exports."""
+    """Summarize a run: funnel, drops, pass rates, bands, teachers side by side, dedup, exports.
+
+    Teachers: accuracy, length spread and agreement between each pair of teachers."""
     from curate.summary import summarize
 
     summary = summarize(run_dir)
