@@ -10,6 +10,7 @@ Ray shuts down) and of the driver, and per-document costs. The estimate for 100M
 
     .venv/bin/python bench/ray_scale.py                  # 1,000,000 documents
     .venv/bin/python bench/ray_scale.py --docs 200000    # smaller
+    .venv/bin/python bench/ray_scale.py --route-docs 100000000  # the driver's share at 100M
 """
 
 from __future__ import annotations
@@ -148,13 +149,49 @@ def run_one(pool: Path, workers: int, batch_rows: int) -> dict[str, object]:
     }
 
 
+def driver_routing(docs: int, partitions: int = 200, slice_rows: int = 50_000) -> dict[str, object]:
+    """The driver's share of choosing representatives (`ray_dedup.route`) at `docs` documents,
+    on synthetic stars and pairs at the 1M run's duplicate rates (6.8 candidate pairs and ~3.4
+    non-representative clustered rows per 100 documents); no Ray needed."""
+    from curate.executors.ray_dedup import route
+
+    rng = np.random.default_rng(0)
+    pairs = int(docs * 0.068)
+    v = np.unique(rng.integers(1, docs, int(docs * 0.034)))
+    u = (v * rng.random(v.size)).astype(np.int64)  # each member's label: a smaller row
+    stars = pl.DataFrame({"u": u, "v": v})
+    i, j = rng.choice(v, pairs), rng.choice(v, pairs)
+    sim = rng.random(pairs).astype(np.float32)
+    starts = np.arange(0, docs, slice_rows, dtype=np.int64)
+    before = own_peak_mb()
+    started = time.perf_counter()
+    members, _, _ = route(stars, (i, j, sim), starts, partitions)
+    return {
+        "route_docs": docs,
+        "clustered_rows": members.height,
+        "pairs": pairs,
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_mb_before": before,
+        "peak_mb_after": own_peak_mb(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=1_000_000)
     parser.add_argument("--batch-rows", type=int, default=50_000)
     parser.add_argument("--configs", default="0,1,2", help="workers per run; 0 = local")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--route-docs",
+        type=int,
+        default=None,
+        help="only time the driver's share of choosing representatives at this many documents",
+    )
     args = parser.parse_args()
+    if args.route_docs is not None:
+        print(json.dumps(driver_routing(args.route_docs)))
+        return
     pool = make_pool(args.docs, OUT / f"pool-{args.docs}")
     if args.one is not None:
         print(json.dumps(run_one(pool, args.one, args.batch_rows)))

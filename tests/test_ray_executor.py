@@ -270,3 +270,55 @@ def test_components_on_ray_equal_the_local_union_find(cluster: None) -> None:
     assert np.array_equal(
         components_on_ray(ray, 5, i[:0], j[:0], partitions=2, options={}), np.arange(5)
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "keep"), [("minhash", "shortest"), ("minhash", "best_score"), ("exact", "longest")]
+)
+def test_staged_dedup_picks_the_local_representatives(
+    tmp_path: Path, cluster: None, method: str, keep: str
+) -> None:
+    """Every `keep` rule, chosen per cluster on Ray, gives the local operator's clusters,
+    representatives and details: scores with ties and nulls, texts of equal length."""
+    from curate.executors.local import LocalExecutor
+    from curate.filters.dedup import Dedup, DedupParams
+    from curate.operators import StageContext
+    from curate.progress import SilentReporter
+
+    pairs = pl.read_parquet(GSM_HARD)
+    original = pairs["original"]
+    # Copies that normalize to the same text: upper-cased (same length), spaces doubled (longer).
+    copies = [*original[:40].str.to_uppercase(), *original[40:80].str.replace_all(" ", "  ")]
+    texts = [*original, *pairs["perturbed"], *copies]
+    rng = np.random.default_rng(3)
+    scores = rng.choice([0.0, 0.5, 1.0, np.nan], len(texts))
+    source = tmp_path / "source"
+    source.mkdir()
+    pl.DataFrame(
+        {
+            "problem_id": [f"p{k % 700}" for k in range(len(texts))],
+            "trace_id": [f"t{k}" for k in range(len(texts))],
+            "completion": texts,
+            "score": pl.Series(scores).fill_nan(None),
+        }
+    ).write_parquet(source / "part-00000.parquet", row_group_size=500)
+    threshold = {"threshold": 0.5} if method == "minhash" else {}
+    params = DedupParams(method=method, on="completion", keep=keep, **threshold)
+    results = []
+    for name, executor in (
+        ("local", LocalExecutor(batch_rows=BATCH_ROWS)),
+        ("ray", ray_executor()),
+    ):
+        out = tmp_path / name
+        out.mkdir()
+        operator = Dedup(params, context=StageContext(stage_id="01-dedup"))
+        run = executor.run_stage(
+            operator, source=source, out=out, metadata={}, reporter=SilentReporter()
+        )
+        kept = pl.read_parquet(sorted(out.glob("part-*.parquet")))
+        results.append((run.stats, kept, pl.concat(run.dropped).sort("trace_id")))
+    (stats_a, kept_a, dropped_a), (stats_b, kept_b, dropped_b) = results
+    assert stats_a.dropped_by_reason == stats_b.dropped_by_reason
+    assert stats_a.dropped_by_reason["duplicate"] > 300
+    assert_frame_equal(kept_a, kept_b)
+    assert_frame_equal(dropped_a, dropped_b)

@@ -1,16 +1,21 @@
 """The Ray executor (`curate build --executor ray`, the `curate[ray]` extra).
 
 A stage's input is cut into fragments (row ranges of its Parquet parts, `batch_rows` each) and
-each fragment is read by a Ray Data task, never by the driver. How a step is spread depends on
+each fragment is read by a Ray task, never by the driver. How a step is spread depends on
 what the operator declares (`Operator.distribution`):
 
-- rows (batch scope): `map_batches` over the fragments; each task runs the step on its slice
-  and writes `part-<fragment>.parquet` itself, so parts keep the pool order.
+- rows (batch scope): one Ray task per fragment (plain tasks rather than Ray Data's
+  `map_batches`, whose per-task retry limit is only settable through the deprecated
+  `ray_remote_args`); each runs the step on its slice and writes `part-<fragment>.parquet`
+  itself, so parts keep the pool order.
 - per_problem (grade, prune, select without sample/solved_by, dedup with scope per_problem):
-  rows carry their global row number; they are hash-partitioned on problem_id (Ray Data
-  groupby on `hash(problem_id) % partitions`) and each partition is run with its rows in pool
-  order. Kept rows go back to the part of the fragment they came from, sorted by row number,
-  so the stage holds the same rows in the same order as a local run.
+  rows carry their global row number; they are hash-partitioned on problem_id (tasks split
+  each fragment on `hash(problem_id) % partitions`, through the object store) and each
+  partition is run with its rows in pool order. Kept rows go back to the part of the
+  fragment they came from, sorted by row number, so the stage holds the same rows in the
+  same order as a local run.
+- dedup of a trace column with scope global (exact, minhash): staged in Ray tasks, with
+  representatives chosen per cluster on Ray too (curate.executors.ray_dedup).
 - driver: the step needs the whole pool in one process and runs on the driver, with a log
   line saying so. A staged operator (MinHash dedup) first runs its row-local part (`prepare`:
   signing texts into its cache) in parallel tasks, so the driver only reads signatures.
@@ -32,7 +37,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -249,11 +253,6 @@ class RayExecutor(Executor):
             operator, source=source, out=out, metadata=metadata, reporter=reporter
         )
 
-    def _items(self, frags: list[Fragment]) -> Any:
-        return self.ray.data.from_items(
-            [dataclasses.asdict(f) for f in frags], override_num_blocks=max(1, len(frags))
-        )
-
     def _rows(
         self,
         operator: Operator,
@@ -267,22 +266,16 @@ class RayExecutor(Executor):
         scratch = out / SCRATCH
         scratch.mkdir()
 
-        def task(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-            frag = Fragment(
-                **{k: v[0].item() if hasattr(v[0], "item") else v[0] for k, v in batch.items()}
-            )
+        def task(frag: Fragment) -> dict[str, Any]:
             frame = read_fragment(frag)
             result = worker.run(frame)
             _write_part(out / f"part-{frag.index:05d}.parquet", result.kept, metadata)
             if result.dropped.height:
                 result.dropped.write_parquet(scratch / f"dropped-{frag.index:05d}.parquet")
-            return _stats_row(batch_stats(frame.height, result))
+            return {k: v[0] for k, v in _stats_row(batch_stats(frame.height, result)).items()}
 
-        rows = (
-            self._items(frags)
-            .map_batches(task, batch_size=1, batch_format="numpy", **self._task_options())
-            .take_all()
-        )
+        remote = self.ray.remote(**self._task_options())(task)
+        rows = self.ray.get([remote.remote(frag) for frag in frags])
         return self._finish(rows, out, metadata, reporter)
 
     def _per_problem(
@@ -376,15 +369,15 @@ class RayExecutor(Executor):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         options = self._task_options()
         staged = RayDedup(ray, operator, frags, options=options, partitions=2 * cpus)
-        decided, _ = staged.decide()
+        decided = staged.decide()
         self.last_timings = staged.timings  # seconds per stage (bench/ray_scale.py)
         self.last_candidates = staged.candidates
         started = time.perf_counter()
 
         @ray.remote(num_returns=2, **options)
-        def write(frag: Fragment, columns: pl.DataFrame) -> tuple[dict[str, Any], pl.DataFrame]:
+        def write(frag: Fragment, *pieces: pl.DataFrame) -> tuple[dict[str, Any], pl.DataFrame]:
             frame = read_fragment(frag)
-            kept, dropped = apply_decisions(frame, columns)
+            kept, dropped = apply_decisions(frame, frag.first_row, list(pieces))
             _write_part(out / f"part-{frag.index:05d}.parquet", kept, metadata)
             stats = StageStats(
                 rows_in=frame.height,
@@ -393,7 +386,7 @@ class RayExecutor(Executor):
             )
             return {k: v[0] for k, v in _stats_row(stats).items()}, dropped
 
-        refs = [write.remote(frag, columns) for frag, columns in zip(frags, decided, strict=True)]
+        refs = [write.remote(frag, *pieces) for frag, pieces in zip(frags, decided, strict=True)]
         run = StageRun(stats=_sum_stats(ray.get([r[0] for r in refs])))
         dropped = [d for d in ray.get([r[1] for r in refs]) if d.height]
         if dropped:
@@ -407,17 +400,13 @@ class RayExecutor(Executor):
         """Run the operator's row-local part (`prepare`) on every fragment in parallel."""
         worker = worker_copy(operator)
 
-        def task(batch: dict[str, np.ndarray]) -> dict[str, list[int]]:
-            frag = Fragment(
-                **{k: v[0].item() if hasattr(v[0], "item") else v[0] for k, v in batch.items()}
-            )
+        def task(frag: Fragment) -> int:
             frame = read_fragment(frag)
             worker.prepare(frame)
-            return {"rows": [frame.height]}
+            return frame.height
 
-        self._items(frags).map_batches(
-            task, batch_size=1, batch_format="numpy", **self._task_options()
-        ).take_all()
+        remote = self.ray.remote(**self._task_options())(task)
+        self.ray.get([remote.remote(frag) for frag in frags])
 
     def _finish(
         self,

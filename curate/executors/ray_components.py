@@ -72,8 +72,20 @@ def components_on_ray(
 ) -> np.ndarray:
     """Labels of nodes 0..n-1 under edges (i[k], j[k]): the smallest node of each component."""
     labels = np.arange(n, dtype=np.int64)
+    final = component_stars(ray, i, j, partitions=partitions, options=options)
+    # A star around its smallest node m: every other member v has the edge (m, v).
+    labels[final["v"].to_numpy()] = final["u"].to_numpy()
+    return labels
+
+
+def component_stars(
+    ray: Any, i: np.ndarray, j: np.ndarray, *, partitions: int, options: dict[str, Any]
+) -> pl.DataFrame:
+    """The components of edges (i[k], j[k]) as stars: one edge (u, v) per node v that is not
+    the smallest node u of its component. Nodes in no edge do not appear, so the frame is as
+    long as the clustered nodes, however many nodes there are."""
     if i.size == 0:
-        return labels
+        return pl.DataFrame(schema=EDGES)
 
     @ray.remote(num_returns=partitions, **options)
     def split(edges: pl.DataFrame) -> Any:
@@ -110,7 +122,4 @@ def components_on_ray(
         previous = current
     else:  # pragma: no cover - the algorithm converges in O(log n) rounds
         raise RuntimeError("connected components did not converge")
-    final = pl.concat(ray.get(chunks)).unique()
-    # A star around its smallest node m: every other member v has the edge (m, v).
-    labels[final["v"].to_numpy()] = final["u"].to_numpy()
-    return labels
+    return pl.concat(ray.get(chunks)).unique().cast(EDGES)

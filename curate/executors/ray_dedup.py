@@ -16,15 +16,20 @@ Units are rows, numbered by their position in the pool. The stages:
    estimates within the verification margin of the threshold are replaced by the exact
    Jaccard of the two shingle sets, from texts the owning slices hand over, as the local
    operator does.
-5. connected components on Ray (curate.executors.ray_components).
-6. on the driver, the operator's own `_write` picks representatives and writes details from
-   thin columns (row, problem_id, trace id, length, score: no text); the similarity of a
-   member to its representative is estimated by step-4 tasks.
-7. per slice (task): the decided columns are joined to the slice's rows; kept rows are
-   written as the slice's part.
+5. connected components on Ray (curate.executors.ray_components), returned as stars: one
+   (label, row) per clustered row, the label being the smallest row of its component.
+6. representatives on Ray: each slice attaches to its clustered rows their id, length, score
+   (and minhash signature row) and sends them to the partition of their label
+   (label % partitions); the duplicate pairs go to the partition of their label too. Each
+   partition holds whole clusters and runs the operator's own `_write` over them (numbered in
+   row order, so every `keep` rule and tie-break is the local one), then splits its decided
+   columns (row, dup_cluster, dup_of, drop_reason, drop_detail) by slice.
+7. per slice (task): its pieces of decided columns are joined to its rows by row number
+   (null on rows in no cluster); kept rows are written as the slice's part.
 
-The driver holds per row an id, a length and a label, and the pairs; never texts or
-signatures. Signatures are not read from or written to the step's signature cache.
+The driver holds the duplicate pairs and the stars (both as long as the duplicates, not the
+pool); never per-row columns of the whole pool, texts or signatures. Signatures are not
+read from or written to the step's signature cache.
 """
 
 from __future__ import annotations
@@ -33,13 +38,13 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
 
-from curate.executors.ray import Fragment
-from curate.executors.ray_components import components_on_ray
+from curate.executors.ray import Fragment, worker_copy
+from curate.executors.ray_components import component_stars
 from curate.minhash import ALL_PAIRS_BUCKET, estimated_jaccard, shingle_jaccard, sign_texts
 from curate.minhash import verification_margin as margin_of
 from curate.operators import DROP_DETAIL, DROP_REASON
@@ -160,12 +165,9 @@ class RayDedup:
             eligible = text.str.contains(_NON_SPACE).fill_null(False)
             thin = pl.DataFrame(
                 {
-                    "row": row,
-                    "problem_id": frame["problem_id"],
                     "uid": uid,
                     "score": score,
                     "length": text.str.len_chars().fill_null(0).cast(pl.Int64),
-                    "eligible": eligible,
                 }
             )
             units = row[eligible.to_numpy()]
@@ -374,18 +376,125 @@ class RayDedup:
             out[close[a:b]] = ray.get(ref)
         return out
 
+    # --- 6. representatives ------------------------------------------------------------
+
+    def representatives(
+        self,
+        thin_refs: list[Any],
+        blocks: list[Any],
+        found: tuple[np.ndarray, np.ndarray, np.ndarray],
+        stars: pl.DataFrame,
+    ) -> list[list[Any]]:
+        """Per slice, the refs of its clustered rows' decided columns (row, dup_cluster,
+        dup_of, drop_reason, drop_detail), one piece per partition; empty for a slice with no
+        clustered row.
+
+        Clustered rows are routed to the partition of their component's label (with their id,
+        length, score and, for minhash, signature row, attached by the slice that holds them),
+        the duplicate pairs to the partition of their label too, and each partition runs the
+        operator's own `_write` over its clusters: the same representatives (`keep`, ties to
+        the earliest row), similarities and details as a local run."""
+        ray = self.ray
+        parts = self.partitions
+        worker = cast("Dedup", worker_copy(self.op))
+        members, cuts, pair_parts = route(stars, found, self.starts, parts)
+        active = [f for f in range(len(self.frags)) if cuts[f + 1] > cuts[f]]
+        if not active:
+            return [[] for _ in self.frags]
+        starts = self.starts[active]
+        minhash = self.op.params.method == "minhash"
+
+        def attach(
+            first_row: int,
+            thin: pl.DataFrame,
+            block: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+            mine: pl.DataFrame,
+        ) -> Any:
+            """On the slice holding them: its clustered rows' id, length and score (and
+            signature rows), split by the partition of their label."""
+            at = mine["row"].to_numpy()
+            frame = pl.concat([mine, thin[at - first_row]], how="horizontal")
+            sig = block[1][np.searchsorted(block[0], at)] if block is not None else None
+            target = mine["label"].to_numpy() % parts
+            pieces = [
+                (frame.filter(target == q), sig[target == q] if sig is not None else None)
+                for q in range(parts)
+            ]
+            return pieces if parts > 1 else pieces[0]
+
+        def choose(
+            pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+            *pieces: tuple[pl.DataFrame, np.ndarray | None],
+        ) -> Any:
+            """On one partition: whole clusters, numbered 0..m-1 in row order, through the
+            operator's own `_write`; its decided columns split by slice."""
+            from curate.filters.dedup import Found
+
+            got = [p for p in pieces if p[0].height]
+            if not got:
+                empty = pl.DataFrame(schema={"row": pl.Int64, **dict.fromkeys(DECIDED, pl.String)})
+                return [empty] * len(starts) if len(starts) > 1 else empty
+            frame = pl.concat([p[0] for p in got])
+            order = frame["row"].arg_sort().to_numpy()
+            frame = frame[order]
+            at = frame["row"].to_numpy()
+            local = frame.select(
+                pl.int_range(pl.len(), dtype=pl.Int64).alias("unit"),
+                pl.col("row").alias("first_row"),
+                "length",
+                "score",
+                "uid",
+            )
+            labels = np.searchsorted(at, frame["label"].to_numpy())
+            i, j, sim = pairs
+            if minhash:
+                sig = np.concatenate([p[1] for p in got])[order]
+
+                def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+                    return estimated_jaccard(sig, a, b)
+
+            else:
+                similarity = _ones
+            found = Found(np.searchsorted(at, i), np.searchsorted(at, j), sim, similarity)
+            ids = frame.select(pl.col("uid").alias("problem_id"))
+            decided = worker._write(ids, local, labels, found)
+            out = pl.concat([frame.select("row"), decided.select(DECIDED)], how="horizontal")
+            cuts = np.searchsorted(at, np.append(starts[1:], np.iinfo(np.int64).max))
+            split = [out[a:b] for a, b in zip(np.r_[0, cuts[:-1]], cuts, strict=True)]
+            return split if len(starts) > 1 else split[0]
+
+        attach_remote = self._remote(attach, num_returns=parts)
+        attached = [
+            attach_remote.remote(
+                self.frags[f].first_row, thin_refs[f], blocks[f], members[cuts[f] : cuts[f + 1]]
+            )
+            for f in active
+        ]
+        if parts == 1:
+            attached = [[ref] for ref in attached]
+        choose_remote = self._remote(choose, num_returns=len(active))
+        chosen = [
+            choose_remote.remote(pair_parts[q], *[refs[q] for refs in attached])
+            for q in range(parts)
+        ]
+        if len(active) == 1:
+            chosen = [[ref] for ref in chosen]
+        # Wait (without fetching) so the stage's time is its own, not the write's.
+        ray.wait([refs[0] for refs in chosen], num_returns=parts, fetch_local=False)
+        out: list[list[Any]] = [[] for _ in self.frags]
+        for a, f in enumerate(active):
+            out[f] = [refs[a] for refs in chosen]
+        return out
+
     # --- all stages ----------------------------------------------------------------------
 
-    def decide(self) -> tuple[list[Any], pl.DataFrame]:
-        """Per slice, its decided columns (dup_cluster, dup_of, drop_reason, drop_detail) as a
-        frame in row order, and the thin rows of the whole stage."""
-        from curate.filters.dedup import Found
-
-        ray = self.ray
+    def decide(self) -> list[list[Any]]:
+        """Per slice, the refs of its clustered rows' decided columns (see `representatives`;
+        `apply_decisions` joins them to the slice's rows)."""
         params = self.op.params
         clock = _Clock(self.timings)
         thin_refs, blocks, pieces = self.sign()
-        thin = pl.concat(ray.get(thin_refs))
+        self.ray.wait(thin_refs, num_returns=len(thin_refs), fetch_local=False)
         clock.lap("sign")
         identical = self.first_of_key(pieces)
         clock.lap("identical")
@@ -406,25 +515,8 @@ class RayDedup:
                 keep = sim >= np.float32(params.banding().threshold)
                 i, j, sim = i[keep], j[keep], sim[keep]
             clock.lap("verify")
-        n = thin.height
-        labels = components_on_ray(ray, n, i, j, partitions=self.partitions, options=self.options)
+        stars = component_stars(self.ray, i, j, partitions=self.partitions, options=self.options)
         clock.lap("components")
-        units = thin.select(
-            pl.col("row").alias("unit"),
-            pl.col("row").alias("first_row"),
-            pl.lit(0, dtype=pl.Int64).alias("group"),
-            "length",
-            "eligible",
-            "score",
-            "uid",
-        )
-        if params.method == "exact":
-            similarity = _ones
-        else:
-
-            def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                return self.similarity(blocks, a, b, verify=False)
-
         logger.info(
             "step '%s' (dedup on %s): staged on Ray over %d slices and %d partitions: %d "
             "duplicate pairs, %d rows in clusters",
@@ -433,14 +525,47 @@ class RayDedup:
             len(self.frags),
             self.partitions,
             i.shape[0],
-            int((labels != np.arange(n)).sum() + np.unique(labels[labels != np.arange(n)]).size),
+            stars.height + stars["u"].n_unique(),
         )
-        found = Found(i, j, sim, similarity)
-        # The operator's own representative choice and details, on thin columns.
-        decided = self.op._write(thin.select("problem_id"), units, labels, found)
-        columns = decided.select(DECIDED)
+        decided = self.representatives(thin_refs, blocks, (i, j, sim), stars)
         clock.lap("representatives")
-        return [ray.put(columns.slice(f.first_row, f.stop - f.start)) for f in self.frags], thin
+        return decided
+
+
+def route(
+    stars: pl.DataFrame,
+    found: tuple[np.ndarray, np.ndarray, np.ndarray],
+    starts: np.ndarray,
+    parts: int,
+) -> tuple[pl.DataFrame, np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The driver's share of step 6 (bench/ray_scale.py times it at scale): the clustered rows
+    (label, row) sorted by row, where each slice's rows start (slices beginning at `starts`,
+    one more cut at the end), and the duplicate pairs (i, j, sim) by their label's partition.
+    Its cost grows with the duplicates, not with the pool."""
+    members = pl.concat(
+        [
+            stars.select(pl.col("u").alias("label"), pl.col("v").alias("row")),
+            stars.select(pl.col("u").alias("label"), pl.col("u").alias("row")).unique(),
+        ]
+    ).sort("row")
+    cuts = np.searchsorted(members["row"].to_numpy(), np.append(starts, np.iinfo(np.int64).max))
+    i, j, sim = found
+    pairs = pl.DataFrame({"row": i, "j": j, "sim": sim}).join(
+        members, on="row", how="left", maintain_order="left"
+    )
+    by_part = pairs.with_columns((pl.col("label") % parts).alias("q")).partition_by(
+        "q", as_dict=True, include_key=False
+    )
+    nothing = np.empty(0, dtype=np.int64)
+    pair_parts = []
+    for q in range(parts):
+        mine = by_part.get((q,))
+        pair_parts.append(
+            (mine["row"].to_numpy(), mine["j"].to_numpy(), mine["sim"].to_numpy())
+            if mine is not None
+            else (nothing, nothing, np.empty(0, dtype=np.float32))
+        )
+    return members, cuts, pair_parts
 
 
 class _Clock:
@@ -459,11 +584,25 @@ def _ones(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def apply_decisions(
-    frame: pl.DataFrame, decided: pl.DataFrame
+    frame: pl.DataFrame, first_row: int, pieces: list[pl.DataFrame]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A slice's rows with their decided columns, split as `Filter.apply` splits them."""
+    """A slice's rows (the first numbered `first_row`) with the decided columns of its
+    clustered rows (null on the others), split as `Filter.apply` splits them."""
+    rows = pl.DataFrame({"row": pl.int_range(first_row, first_row + frame.height, eager=True)})
+    decided = rows.join(
+        pl.concat(pieces) if pieces else pl.DataFrame(schema={"row": pl.Int64}),
+        on="row",
+        how="left",
+        maintain_order="left",
+    )
+    columns = [
+        (decided[c] if c in decided.columns else pl.Series(c, [None] * frame.height)).cast(
+            pl.String
+        )
+        for c in DECIDED
+    ]
     body = frame.drop([c for c in ("dup_cluster", "dup_of") if c in frame.columns])
-    full = pl.concat([body, decided], how="horizontal")
+    full = body.with_columns(columns)
     is_kept = pl.col(DROP_REASON).is_null()
     return full.filter(is_kept).drop(DROP_REASON, DROP_DETAIL), full.filter(~is_kept)
 
