@@ -33,7 +33,6 @@ fail. Only the standard library is importable (the child runs with `-I -S`).
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from curate.verifiers.extract import last_regex
+from curate.verifiers.meta import meta_field
 from curate.verifiers.result import REFERENCE_UNPARSEABLE
 from curate.verifiers.sandbox import Limits, SandboxRun, isolation, run_sandboxed
 from curate.verifiers.scored import Scored
@@ -107,18 +107,15 @@ def problem_tests(
     entry_point_field: str,
 ) -> tuple[Any, str | None] | str:
     """(tests, entry point) from a row's problem_meta JSON, or why there are none."""
-    if not meta:
-        return "no problem_meta (map the tests column with input.columns.meta)"
-    try:
-        data = json.loads(meta)
-    except ValueError:
-        return "problem_meta is not JSON"
-    if not isinstance(data, dict):
-        return "problem_meta is not a JSON object"
-    fields = (tests_field,) if tests_field else DEFAULT_TESTS_FIELDS
-    field = next((name for name in fields if data.get(name) not in (None, "", [])), None)
-    if field is None:
-        return f"no tests in problem_meta (looked for {', '.join(map(repr, fields))})"
+    found = meta_field(
+        meta,
+        (tests_field,) if tests_field else DEFAULT_TESTS_FIELDS,
+        what="tests",
+        usable=lambda value: value not in (None, "", []),
+    )
+    if isinstance(found, str):
+        return found
+    data, field = found
     tests = data[field]
     if not isinstance(tests, str) and not (
         isinstance(tests, list) and all(isinstance(t, str) for t in tests)

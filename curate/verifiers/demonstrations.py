@@ -43,6 +43,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from curate.verifiers.meta import meta_field
 from curate.verifiers.result import REFERENCE_UNPARSEABLE
 from curate.verifiers.scored import Scored
 
@@ -65,18 +66,15 @@ Demonstrations = list[Any]  # the expected outputs, in order
 
 def demonstrations(meta: str | None, field: str | None) -> Demonstrations | str:
     """The expected outputs from a row's problem_meta JSON, or why there are none."""
-    if not meta:
-        return "no problem_meta (map the demonstrations column with input.columns.meta)"
-    try:
-        data = json.loads(meta)
-    except ValueError:
-        return "problem_meta is not JSON"
-    if not isinstance(data, dict):
-        return "problem_meta is not a JSON object"
-    fields = (field,) if field else DEFAULT_FIELDS
-    name = next((f for f in fields if isinstance(data.get(f), list) and data[f]), None)
-    if name is None:
-        return f"no demonstrations in problem_meta (looked for {', '.join(map(repr, fields))})"
+    found = meta_field(
+        meta,
+        (field,) if field else DEFAULT_FIELDS,
+        what="demonstrations",
+        usable=lambda value: isinstance(value, list) and bool(value),
+    )
+    if isinstance(found, str):
+        return found
+    data, name = found
     outputs: Demonstrations = []
     for i, item in enumerate(data[name]):
         if isinstance(item, dict) and "output" in item:
