@@ -215,6 +215,18 @@ class Select(Filter[SelectParams]):
     def _require(self, frame: pl.DataFrame, columns: list[str], why: str) -> None:
         require_columns(frame, columns, step=self.context.stage_id, operator=self.name, why=why)
 
+    def _expr_dtype(self, frame: pl.DataFrame, expr: pl.Expr, setting: str) -> pl.DataType:
+        """The type a spec's SQL expression gives on the pool, after checking the columns it
+        names exist; OperatorError naming the `setting` when it cannot be evaluated."""
+        self._require(frame, expr.meta.root_names(), f"named in `{setting}`")
+        try:
+            return frame.head(0).select(expr.alias("value")).schema["value"]
+        except Exception as exc:
+            raise OperatorError(
+                f"step '{self.context.stage_id}' (select): `{setting}` cannot be evaluated "
+                f"on the pool: {exc}"
+            ) from exc
+
     def distribution(self) -> Distribution:
         """Per problem, unless `sample` draws across problems or `solved_by` checks that the
         named models appear anywhere in the pool (a `where` expression is read per row)."""
@@ -361,14 +373,7 @@ class Select(Filter[SelectParams]):
         has = frame.columns
         if text is not None:
             expr = parse_sql(text, "length")
-            self._require(frame, expr.meta.root_names(), f"named in `sample.length: {text}`")
-            try:
-                dtype = frame.head(0).select(expr.alias("n")).schema["n"]
-            except Exception as exc:
-                raise OperatorError(
-                    f"step '{self.context.stage_id}' (select): `sample.length: {text}` cannot "
-                    f"be evaluated on the pool: {exc}"
-                ) from exc
+            dtype = self._expr_dtype(frame, expr, f"sample.length: {text}")
             if not (dtype.is_numeric() or dtype == pl.Null):
                 raise OperatorError(
                     f"step '{self.context.stage_id}' (select): `sample.length: {text}` must be "
@@ -466,14 +471,7 @@ class Select(Filter[SelectParams]):
 
     def _where_check(self, frame: pl.DataFrame, text: str) -> Check:
         expr = parse_where(text)
-        self._require(frame, expr.meta.root_names(), f"named in `where: {text}`")
-        try:
-            dtype = frame.head(0).select(expr.alias("w")).schema["w"]
-        except Exception as exc:
-            raise OperatorError(
-                f"step '{self.context.stage_id}' (select): `where: {text}` cannot be evaluated "
-                f"on the pool: {exc}"
-            ) from exc
+        dtype = self._expr_dtype(frame, expr, f"where: {text}")
         if dtype not in (pl.Boolean, pl.Null):
             raise OperatorError(
                 f"step '{self.context.stage_id}' (select): `where: {text}` must be a boolean "
