@@ -389,9 +389,10 @@ def breakdown(spec_path: Path) -> dict[str, Any]:
     parts: dict[str, Any] = {}
 
     def write_pool(name: str, frame: pl.DataFrame) -> None:
-        writer = PartWriter(scratch / f"{name}.parquet", metadata={}, schema=POOL_SCHEMA)
-        writer.write(frame)
-        writer.close()
+        folder = scratch / name
+        folder.mkdir(exist_ok=True)
+        with PartWriter(folder, metadata={}, schema=POOL_SCHEMA) as writer:
+            writer.write(frame)
 
     clock = time.perf_counter()
     result = read_input(loaded.spec.input, base_dir=loaded.base_dir)

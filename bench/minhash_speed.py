@@ -128,9 +128,8 @@ def run_operator(pool: Path, out: Path, cache: Path, **params: object) -> Dedup:
         context=StageContext(stage_id="01-dedup", cache_dir=cache, workers=WORKERS),
     )
     result = op.run(frame)
-    kept = PartWriter(out / "kept.parquet", metadata={}, schema=POOL_SCHEMA)
-    kept.write(result.kept)
-    kept.close()
+    with PartWriter(out, metadata={}, schema=POOL_SCHEMA) as kept:
+        kept.write(result.kept)
     write_table(out / "dropped.parquet", to_arrow(result.dropped), metadata={})
     return op
 
@@ -388,7 +387,7 @@ def scale_bench(args: argparse.Namespace, work: Path) -> None:
             text=True,
         )
         result = json.loads(child.stdout.strip().splitlines()[-1])
-        kept = pl.read_parquet(work / f"scale-{size}" / "kept.parquet", columns=["problem_id"])
+        kept = pl.read_parquet(work / f"scale-{size}" / "part-*.parquet", columns=["problem_id"])
         dropped = pl.read_parquet(
             work / f"scale-{size}" / "dropped.parquet", columns=["problem_id", "dup_cluster"]
         )
@@ -396,7 +395,7 @@ def scale_bench(args: argparse.Namespace, work: Path) -> None:
             pl.concat(
                 [
                     pl.read_parquet(
-                        work / f"scale-{size}" / "kept.parquet",
+                        work / f"scale-{size}" / "part-*.parquet",
                         columns=["problem_id", "dup_cluster"],
                     ),
                     dropped,

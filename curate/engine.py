@@ -266,13 +266,10 @@ class Build:
             else Counter(),
         )
         with atomic_dir(folder) as tmp:
-            writer = PartWriter(
-                tmp / "part-00000.parquet",
-                metadata=self.lineage(INPUT_STAGE, stage_fingerprint),
-                schema=POOL_SCHEMA,
-            )
-            writer.write(result.frame)
-            writer.close()
+            with PartWriter(
+                tmp, metadata=self.lineage(INPUT_STAGE, stage_fingerprint), schema=POOL_SCHEMA
+            ) as writer:
+                writer.write(result.frame)
             if result.rejects.height:
                 write_table(
                     tmp / REJECTS_FILE,

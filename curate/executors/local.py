@@ -32,7 +32,6 @@ class LocalExecutor(Executor):
         metadata: dict[str, str],
         reporter: SilentReporter,
     ) -> StageRun:
-        writer = PartWriter(out / "part-00000.parquet", metadata=metadata, schema=POOL_SCHEMA)
         batches: Iterator[pl.DataFrame]
         if operator.scope is Scope.BATCH:
             batches = iter_batches(source, batch_rows=self.batch_rows)
@@ -40,19 +39,19 @@ class LocalExecutor(Executor):
             batches = iter([read_parts(source)])
         run = StageRun()
         wrote_any = False
-        for batch in batches:
-            try:
-                result = operator.run(batch)
-            except StageIncomplete as exc:  # keep what it finished, marked incomplete
-                run.stopped, result = exc, exc.result
-            run.stats = run.stats + batch_stats(batch.height, result)
-            if result.kept.height or not wrote_any:
-                writer.write(result.kept)
-                wrote_any = True
-            if result.dropped.height:
-                run.dropped.append(result.dropped)
-            reporter.advance(batch.height)
-            if run.stopped is not None:
-                break
-        writer.close()
+        with PartWriter(out, metadata=metadata, schema=POOL_SCHEMA) as writer:
+            for batch in batches:
+                try:
+                    result = operator.run(batch)
+                except StageIncomplete as exc:  # keep what it finished, marked incomplete
+                    run.stopped, result = exc, exc.result
+                run.stats = run.stats + batch_stats(batch.height, result)
+                if result.kept.height or not wrote_any:
+                    writer.write(result.kept)
+                    wrote_any = True
+                if result.dropped.height:
+                    run.dropped.append(result.dropped)
+                reporter.advance(batch.height)
+                if run.stopped is not None:
+                    break
         return run

@@ -45,7 +45,7 @@ from curate.errors import ExecutorError, MissingDependencyError
 from curate.executors.base import Executor, ExecutorSettings, StageRun, batch_stats
 from curate.executors.local import LocalExecutor
 from curate.operators import DROP_DETAIL, DROP_REASON, Distribution, Operator
-from curate.parquet_io import PartWriter, part_files
+from curate.parquet_io import part_files, write_part
 from curate.progress import SilentReporter
 from curate.schemas.pool import POOL_SCHEMA
 from curate.stats import StageStats
@@ -452,9 +452,7 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _write_part(path: Path, frame: pl.DataFrame, metadata: dict[str, str]) -> None:
-    writer = PartWriter(path, metadata=metadata, schema=POOL_SCHEMA)
-    writer.write(frame)
-    writer.close()
+    write_part(path, frame, metadata=metadata, schema=POOL_SCHEMA)
 
 
 def unify_parts(out: Path, metadata: dict[str, str]) -> None:
