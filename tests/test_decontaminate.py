@@ -413,7 +413,7 @@ def test_semantic_flags_a_paraphrase_and_reuses_cached_embeddings(tmp_path: Path
     assert (pid, item) == ("p0", "bench:q0")
     assert detail.startswith("semantic: cosine 0.")
     assert detail.endswith(">= 0.8 (all-MiniLM-L6-v2) with bench:q0")
-    parts = sorted(cache.rglob("part-*.parquet"))
+    parts = sorted(cache.rglob("part-*.npz"))
     assert len(parts) == 2  # the benchmark's texts and the pool's texts
     assert semantic(0.999).dropped.height == 0  # a new threshold: nothing embedded again
-    assert sorted(cache.rglob("part-*.parquet")) == parts
+    assert sorted(cache.rglob("part-*.npz")) == parts

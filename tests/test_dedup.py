@@ -329,12 +329,12 @@ def test_changed_threshold_reads_signatures_from_the_cache(tmp_path: Path) -> No
     assert first.cache_stats is not None
     assert (first.cache_stats.distinct, first.cache_stats.computed) == (3, 3)
     folders = list(tmp_path.glob("minhash-*"))
-    assert len(folders) == 1 and len(list(folders[0].glob("part-*.parquet"))) == 1
+    assert len(folders) == 1 and len(list(folders[0].glob("part-*.npz"))) == 1
     second = Dedup(DedupParams(method="minhash", on="completion", threshold=0.6), context=context)
     second.run(frame)
     assert second.cache_stats is not None
     assert (second.cache_stats.from_cache, second.cache_stats.computed) == (3, 0)
-    assert len(list(folders[0].glob("part-*.parquet"))) == 1  # nothing new written
+    assert len(list(folders[0].glob("part-*.npz"))) == 1  # nothing new written
     other = Dedup(DedupParams(method="minhash", on="completion", ngram=3), context=context)
     other.run(frame)
     assert len(list(tmp_path.glob("minhash-*"))) == 2  # new shingles: a new cache
@@ -568,10 +568,10 @@ def test_build_with_dedup_steps_and_a_cached_rerun(write_spec: Callable[[str], P
     assert set(drops["dup_of"]) <= set(kept["trace_id"])
     same_problem = drops.join(kept, left_on="dup_of", right_on="trace_id", suffix="_rep")
     assert (same_problem["problem_id"] == same_problem["problem_id_rep"]).all()
-    cache_files = sorted((run / "cache" / "dedup").rglob("part-*.parquet"))
+    cache_files = sorted((run / "cache" / "dedup").rglob("part-*.npz"))
     assert len(cache_files) == 1
     spec.write_text(spec_text.replace("threshold: 0.9", "threshold: 0.8"))
     again = Build(load_spec(spec)).run()
     assert [s["status"] for s in again["stages"]] == ["reused", "reused", "ran"]
-    assert sorted((run / "cache" / "dedup").rglob("part-*.parquet")) == cache_files
+    assert sorted((run / "cache" / "dedup").rglob("part-*.npz")) == cache_files
     assert again["stages"][2]["stats"]["dropped"] >= near["dropped"]

@@ -173,7 +173,7 @@ def test_dedup_pool_on_ray_equals_local_and_is_global(
     assert near_dropped is not None
     assert near_dropped["drop_detail"].str.contains("estimated Jaccard").all()
     # Problem units: signatures made by the Ray tasks, one cache file per slice.
-    cache = sorted((remote_run / "cache" / "dedup").rglob("part-*.parquet"))
+    cache = sorted((remote_run / "cache" / "dedup").rglob("part-*.npz"))
     assert len(cache) == len(fragments(remote_run / "stages" / "02-dedup", BATCH_ROWS)) > 1
 
 
