@@ -6,6 +6,7 @@ temporary name, then renamed), so a killed build never leaves a half-written fil
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import uuid
@@ -73,10 +74,12 @@ def write_part(
 
 class PartWriter:
     """Writes a stream of frames, in order, as `<prefix>-00000.parquet`, `<prefix>-00001...`
-    in `folder`: a new file every PART_BYTES of Arrow data, each compressed on one of `workers`
-    threads while the caller goes on. Every batch is cast to the first's schema; with no rows
-    at all, one empty file still gives the stage its columns. Use it in a `with` block, which
-    closes it, or on an error stops it without starting more files."""
+    in `folder`: small frames are gathered into files of about PART_BYTES of Arrow data, a
+    large one is cut into files of equal size, as many as a multiple of `workers`; each file is
+    compressed on one of `workers` threads while the caller goes on. Every batch is cast to the
+    first's schema; with no rows at all, one empty file still gives the stage its columns. Use
+    it in a `with` block, which closes it, or on an error stops it without starting more
+    files."""
 
     def __init__(
         self,
@@ -96,7 +99,6 @@ class PartWriter:
         self.files = 0
         self._target: pa.Schema | None = None  # the first batch's schema, lineage included
         self._buffer: list[pa.Table] = []
-        self._buffered_rows = 0
         self._buffered_bytes = 0
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="parquet")
         self._pending: deque[Future[None]] = deque()
@@ -109,20 +111,19 @@ class PartWriter:
             )
         table = table.cast(self._target.remove_metadata())
         self.rows += table.num_rows
-        row_bytes = max(1, table.nbytes // max(1, table.num_rows))
-        start = 0
-        while start < table.num_rows:  # a new file at PART_BYTES or ROW_GROUP_ROWS
-            room = min(
-                ROW_GROUP_ROWS - self._buffered_rows,
-                max(1, (PART_BYTES - self._buffered_bytes) // row_bytes),
-            )
-            piece = table.slice(start, room)
-            self._buffer.append(piece)
-            self._buffered_rows += piece.num_rows
-            self._buffered_bytes += piece.num_rows * row_bytes
-            start += piece.num_rows
-            if self._buffered_rows >= ROW_GROUP_ROWS or self._buffered_bytes >= PART_BYTES:
+        if table.nbytes >= PART_BYTES:  # a whole stage at once: even files, all threads busy
+            self._flush()
+            files = -(-table.nbytes // PART_BYTES)
+            files = -(-files // self.workers) * self.workers
+            cuts = [k * table.num_rows // files for k in range(files + 1)]
+            for start, stop in itertools.pairwise(cuts):
+                self._buffer.append(table.slice(start, stop - start))
                 self._flush()
+            return
+        self._buffer.append(table)
+        self._buffered_bytes += table.nbytes
+        if self._buffered_bytes >= PART_BYTES:
+            self._flush()
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -131,7 +132,7 @@ class PartWriter:
         table = pa.concat_tables(self._buffer).replace_schema_metadata(self._target.metadata)
         path = self.folder / f"{self.prefix}-{self.files:05d}.parquet"
         self.files += 1
-        self._buffer, self._buffered_rows, self._buffered_bytes = [], 0, 0
+        self._buffer, self._buffered_bytes = [], 0
         while len(self._pending) >= 2 * self.workers:  # bound the tables held in memory
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(_write_file, path, table))

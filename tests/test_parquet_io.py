@@ -49,15 +49,21 @@ def test_a_stream_becomes_ordered_files_with_lineage(
         assert pq.ParquetFile(file).metadata.num_rows > 0
 
 
-def test_files_are_cut_at_the_row_group_size(
+def test_a_large_frame_is_cut_into_even_files_for_every_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     traces = real_traces()
-    monkeypatch.setattr(parquet_io, "ROW_GROUP_ROWS", 1_000)
-    with PartWriter(tmp_path, metadata={}, schema=POOL_SCHEMA, workers=2) as writer:
-        writer.write(traces)
-    rows = [pq.ParquetFile(f).metadata.num_rows for f in part_files(tmp_path)]
-    assert rows == [1_000] * 5 + [276]
+    monkeypatch.setattr(parquet_io, "PART_BYTES", 256 << 10)
+    monkeypatch.setattr(parquet_io, "ROW_GROUP_ROWS", 500)
+    with PartWriter(tmp_path, metadata={}, schema=POOL_SCHEMA, workers=4) as writer:
+        writer.write(traces)  # about 1.3 MB: 6 files of 256 KiB, rounded up to 8 for 4 threads
+    files = part_files(tmp_path)
+    rows = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    assert len(files) % 4 == 0 and len(files) >= 4
+    assert max(rows) - min(rows) <= 1 and sum(rows) == traces.height
+    groups = [pq.ParquetFile(f).metadata.row_group(0).num_rows for f in files]
+    assert max(groups) == 500  # row groups within a file stay at ROW_GROUP_ROWS
+    assert read_parts(tmp_path).equals(traces)
 
 
 def test_no_rows_still_gives_one_file_with_the_columns(tmp_path: Path) -> None:
@@ -84,8 +90,10 @@ def test_an_error_in_the_block_starts_no_more_files(
 ) -> None:
     traces = real_traces()
     monkeypatch.setattr(parquet_io, "PART_BYTES", 256 << 10)
-    with pytest.raises(RuntimeError, match="operator failed"):
-        with PartWriter(tmp_path, metadata={}, schema=POOL_SCHEMA) as writer:
-            writer.write(traces.head(100))  # buffered, not yet a file
-            raise RuntimeError("operator failed")
+    with (
+        pytest.raises(RuntimeError, match="operator failed"),
+        PartWriter(tmp_path, metadata={}, schema=POOL_SCHEMA) as writer,
+    ):
+        writer.write(traces.head(100))  # buffered, not yet a file
+        raise RuntimeError("operator failed")
     assert part_files(tmp_path) == []
