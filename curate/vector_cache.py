@@ -197,10 +197,12 @@ class VectorCache:
             return
         path.mkdir(parents=True, exist_ok=True)
         settings_file = path / "settings.json"
-        if not settings_file.exists():
-            settings_file.write_text(
+        if not settings_file.exists():  # several workers may get here at once: whole or none
+            tmp_settings = path / f".settings-{uuid.uuid4().hex}.tmp"
+            tmp_settings.write_text(
                 json.dumps({"kind": self.kind, **self.settings}, indent=2, default=str) + "\n"
             )
+            os.replace(tmp_settings, settings_file)
         fixed = keys.to_arrow().cast(pa.binary(KEY_BYTES))
         key_bytes = np.frombuffer(fixed.buffers()[1], dtype=np.uint8)
         key_bytes = key_bytes[fixed.offset * KEY_BYTES : (fixed.offset + len(fixed)) * KEY_BYTES]
