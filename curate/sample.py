@@ -11,7 +11,9 @@ Flow of `apply` (curate/teachers/__init__.py describes the transport under it):
    `template_by`, the row's value of that column picks the template, e.g. one per difficulty
    band, each stating its band's token budget).
 3. `_resolve`: the request cache answers what it can; the rest go out as requests
-   (teachers.dispatch), each answer cached as it arrives.
+   (teachers.dispatch), each answer cached as it arrives. `_send` sends them from this process,
+   or through `sender` when the executor spreads them (the Ray executor's sampler actors,
+   curate.executors.ray_sample): planning, the cache lookups and the rows stay here either way.
 4. `_rows`: one row per sample: the parent's problem columns, then the trace columns
    (trace_id, sample_index, model, …, completion, reasoning, finish_reason, usage, cost_usd,
    error). A request that failed for good is a row with `error` set, never a silent null.
@@ -38,7 +40,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -61,6 +63,9 @@ from curate.teachers.budget import Budget, token_cost
 from curate.teachers.cache import RequestCache, reusable
 from curate.teachers.requests import Answer, Request, cache_key, estimate_tokens, key_prefix
 from curate.verify import VerifyParams
+
+if TYPE_CHECKING:
+    from curate.teachers.dispatch import Outcome, Sender
 
 log = logging.getLogger("curate.sample")
 
@@ -296,6 +301,8 @@ class Sample(Operator[SampleParams]):
 
     def __init__(self, params: SampleParams, *, context: StageContext) -> None:
         super().__init__(params, context=context)
+        # Set by an executor that spreads the requests (Ray); None: sent from this process.
+        self.sender: Sender | None = None
         p = self.params
         base = self.context.base_dir
         templates = load_texts(p.templates, prefix="t", base_dir=base, what="template")
@@ -597,6 +604,25 @@ class Sample(Operator[SampleParams]):
                 clients[name] = VLLMClient(name, teacher)
         return clients
 
+    def _send(self, requests: list[Request], cache: RequestCache | None, budget: Budget) -> Outcome:
+        """Send requests: through `sender` when the executor gave one, else from here."""
+        from curate.teachers.dispatch import Dispatcher, FinishPolicy
+
+        stage = self.context.stage_id
+        policy = FinishPolicy(retry=self.retry_reasons, tries=self.tries)
+
+        def log_line(line: str) -> None:
+            log.info("%s: %s", stage, line)
+
+        if self.sender is not None:
+            return self.sender.send(
+                requests, cache=cache, budget=budget, policy=policy, log=log_line
+            )
+        dispatcher = Dispatcher(
+            clients=self._clients(), cache=cache, budget=budget, policy=policy, log=log_line
+        )
+        return dispatcher.run(requests)
+
     def _resolve(
         self,
         samples: list[Planned],
@@ -604,8 +630,6 @@ class Sample(Operator[SampleParams]):
         budget: Budget,
         usage: dict[str, Usage],
     ) -> _Resolved:
-        from curate.teachers.dispatch import Dispatcher, FinishPolicy
-
         resolved = _Resolved()
         cached = self._cached(cache, samples)
         resolved.answers.update(cached)
@@ -615,18 +639,10 @@ class Sample(Operator[SampleParams]):
                 budget.reuse(cached[s.key].cost_usd)
         missing = [s for s in samples if s.key not in cached]
         requests = self._requests(missing)
-        stage = self.context.stage_id
         self._log_start(samples, cached, requests)
         if not requests:
             return resolved
-        dispatcher = Dispatcher(
-            clients=self._clients(),
-            cache=cache,
-            budget=budget,
-            policy=FinishPolicy(retry=self.retry_reasons, tries=self.tries),
-            log=lambda line: log.info("%s: %s", stage, line),
-        )
-        outcome = dispatcher.run(requests)
+        outcome = self._send(requests, cache, budget)
         resolved.answers.update(outcome.answers)
         resolved.interrupted = outcome.interrupted
         resolved.budget_stopped = outcome.budget_stopped

@@ -47,7 +47,11 @@ Methods:
   cache.
 - semantic: sentence embeddings (curate.embeddings, cached by content hash), pairs at cosine >=
   threshold (curate.similarity: exact blockwise search, an index beyond that); per problem, all
-  pairs within each problem are compared exactly.
+  pairs within each problem are compared exactly. The search only proposes candidates (at
+  `CANDIDATE_SLACK` below the threshold); each candidate's cosine is then computed pair by pair
+  (`cosine`), so whether a pair counts, and its similarity, do not depend on how the search cut
+  its matrix products into blocks (BLAS sums a block's dot products in a shape-dependent order;
+  the Ray executor searches in other blocks and must find the same pairs).
 
 ==========  ==================================================================================
 reason      when
@@ -93,6 +97,11 @@ DEFAULT_THRESHOLD = {"minhash": 0.8, "semantic": 0.9}
 PROBLEM_TEXT_COLUMNS = frozenset(f.name for f in PROBLEM_COLUMNS) - {"problem_id"}
 MINHASH_ONLY = ("shingle", "ngram", "num_perm", "bands", "rows", "seed", "verify")
 SEMANTIC_ONLY = ("model", "batch_size")
+# How far below the threshold the semantic search proposes candidates. Two float32 dot products
+# of the same unit vectors, summed in different orders (a matrix product, the pair-by-pair
+# cosine), differ by at most about 2 x dim x 2^-24 (4.6e-5 at dim 384, 1e-3 at dim 8,192);
+# measured differences are near 3e-7.
+CANDIDATE_SLACK = 1e-3
 # The split rule: datasketch's (minimize weighted integrated false positive and false negative
 # probability), weighted towards recall because verification removes false positives while
 # nothing recovers a false negative.
@@ -259,14 +268,20 @@ class Dedup(Filter[DedupParams]):
         return Distribution.DRIVER
 
     def prepares(self) -> bool:
-        """MinHash signatures are row-local: executors sign slices in parallel into the cache
-        that `decide` then reads (the same cache a re-run reads, so results are unchanged)."""
-        return self.params.method == "minhash" and self.context.cache_dir is not None
+        """MinHash signatures and embeddings are row-local: executors compute them for slices
+        in parallel into the cache that `decide` then reads (the same cache a re-run reads, so
+        results are unchanged)."""
+        return self.params.method != "exact" and self.context.cache_dir is not None
 
     def prepare(self, frame: pl.DataFrame) -> None:
-        if self.prepares():
-            self._check(frame)
-            self._signatures(frame[self.params.on])
+        if not self.prepares():
+            return
+        self._check(frame)
+        texts = frame[self.params.on].cast(pl.String)
+        if self.params.method == "minhash":
+            self._signatures(texts)
+        else:
+            self._embeddings(texts.filter(texts.str.contains(_NON_SPACE).fill_null(False)))
 
     def decide(self, frame: pl.DataFrame) -> pl.DataFrame:
         units = self._units(frame)
@@ -451,14 +466,14 @@ class Dedup(Filter[DedupParams]):
         )
         return sig
 
-    def _semantic(self, units: pl.DataFrame) -> Found:
+    def _embeddings(self, texts: pl.Series) -> np.ndarray:
+        """Sentence embeddings of `texts` (L2-normalized float32 rows), through the
+        content-hash cache; the model is loaded only when some text is not cached."""
         from curate.embeddings import embed_texts
-        from curate.similarity import TOLERANCE, self_pairs
 
         params = self.params
-        threshold = params.similarity_threshold
         emb, stats = embed_texts(
-            units["text"].to_list(),
+            texts.to_list(),
             model=params.model,
             batch_size=params.batch_size,
             cache_dir=self.context.cache_dir,
@@ -472,13 +487,19 @@ class Dedup(Filter[DedupParams]):
             stats.from_cache,
             stats.computed,
         )
+        return emb
+
+    def _semantic(self, units: pl.DataFrame) -> Found:
+        from curate.similarity import self_pairs
+
+        params = self.params
+        threshold = params.similarity_threshold
+        emb = self._embeddings(units["text"])
         if params.scope == "per_problem":
             i, j = group_pairs(units["group"].to_numpy())
-            sim = cosine(emb, i, j)
-            keep = sim >= np.float32(threshold - TOLERANCE)
-            i, j, sim = i[keep], j[keep], sim[keep]
         else:
-            i, j, sim = self_pairs(emb, threshold)
+            i, j, _ = self_pairs(emb, threshold - CANDIDATE_SLACK)
+        i, j, sim = cosine_pairs(emb, i, j, threshold)
 
         def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return cosine(emb, a, b)
@@ -601,6 +622,19 @@ def cosine(emb: np.ndarray, a: np.ndarray, b: np.ndarray, block: int = 1 << 16) 
         stop = start + block
         out[start:stop] = np.einsum("ij,ij->i", emb[a[start:stop]], emb[b[start:stop]])
     return np.minimum(out, np.float32(1.0))
+
+
+def cosine_pairs(
+    emb: np.ndarray, i: np.ndarray, j: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate pairs (i[k], j[k]) whose cosine, computed pair by pair, reaches the
+    threshold (within curate.similarity.TOLERANCE, so a pair on it is not lost to float32
+    rounding), with that cosine. Order is kept."""
+    from curate.similarity import TOLERANCE
+
+    sim = cosine(emb, i, j)
+    keep = sim >= np.float32(threshold - TOLERANCE)
+    return i[keep], j[keep], sim[keep]
 
 
 def _identical(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -313,13 +313,20 @@ class ExecutorSpec(Strict):
         None, ge=1, description="ray: bytes of memory each task reserves (default: none)"
     )
     batch_rows: int = Field(20_000, ge=1, description="rows per task of a batch-scope step")
+    sample_actors: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="ray: actors a `sample` step spreads its HTTP requests over, sharing each "
+        "teacher's rpm, tpm and max_concurrency (default: the cluster's CPUs, at most 8); "
+        "vllm teachers get one actor per tensor_parallel_size GPUs",
+    )
 
     @model_validator(mode="after")
     def _ray_only(self) -> ExecutorSpec:
         if self.kind == "local":
-            given = [
-                k for k in ("address", "num_cpus", "memory_per_task") if k in self.model_fields_set
-            ]
+            ray_only = ("address", "num_cpus", "memory_per_task", "sample_actors")
+            given = [k for k in ray_only if k in self.model_fields_set]
             if given:
                 raise ValueError(f"{', '.join(given)} only apply to kind: ray")
         return self

@@ -28,6 +28,7 @@ def executor_settings(
         num_cpus=spec.num_cpus,
         memory_per_task=spec.memory_per_task,
         batch_rows=spec.batch_rows,
+        sample_actors=spec.sample_actors,
     )
 
 

@@ -27,6 +27,7 @@ class ExecutorSettings:
     memory_per_task: int | None = None  # ray: bytes of memory each task reserves
     batch_rows: int = 20_000  # rows per task of a batch-scope step
     task_retries: int = 3  # ray: runs again of a task whose worker died
+    sample_actors: int | None = None  # ray: actors a sample step sends HTTP requests from
 
 
 @dataclass

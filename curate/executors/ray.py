@@ -14,12 +14,18 @@ what the operator declares (`Operator.distribution`):
   partition is run with its rows in pool order. Kept rows go back to the part of the
   fragment they came from, sorted by row number, so the stage holds the same rows in the
   same order as a local run.
-- dedup of a trace column with scope global (exact, minhash): staged in Ray tasks, with
-  representatives chosen per cluster on Ray too (curate.executors.ray_dedup).
+- dedup of a trace column with scope global (exact, minhash, semantic): staged in Ray tasks,
+  with representatives chosen per cluster on Ray too (curate.executors.ray_dedup). Semantic
+  embeddings are computed by a pool of actors, one model load per actor (one actor per GPU,
+  else per CPU), into the step's embedding cache, and the cosine search is split into query
+  blocks over one matrix in the object store (curate.executors.ray_semantic).
 - driver: the step needs the whole pool in one process and runs on the driver, with a log
-  line saying so. A staged operator (MinHash dedup) first runs its row-local part (`prepare`:
-  signing texts into its cache) in parallel tasks, so the driver only reads signatures.
-  Teacher calls (`sample`) run on the driver too.
+  line saying so. A staged operator (MinHash or semantic dedup of problems) first runs its
+  row-local part (`prepare`: signing or embedding texts into its cache) in parallel tasks, or
+  for embeddings on the actor pool, so the driver only reads signatures or embeddings.
+- teachers (`sample`): planned on the driver (the cache lookups and the rows too, by the
+  same code as locally); the requests the cache does not answer are sent from sampler
+  actors that share each teacher's limits and the budget (curate.executors.ray_sample).
 
 Parts, the dropped table, stage.json and the manifest are written by the engine exactly as in
 local mode; the run directory must be a path every worker can reach (local disk on one node).
@@ -169,6 +175,7 @@ class RayExecutor(Executor):
         self.settings = settings
         self.last_timings: dict[str, float] = {}
         self.last_candidates = 0
+        self.last_actors: list[dict[str, Any]] = []  # semantic dedup: each embedding actor's report
         self.ray = import_ray()
         self._connect()
 
@@ -227,7 +234,11 @@ class RayExecutor(Executor):
         frags = fragments(source, self.settings.batch_rows)
         try:
             if operator.calls_teachers:
-                logger.info("%s runs on the driver: it calls teachers", step)
+                from curate.executors.ray_sample import sample_on_ray
+
+                return sample_on_ray(
+                    self, operator, source=source, out=out, metadata=metadata, reporter=reporter
+                )
             elif distribution is Distribution.ROWS:
                 return self._rows(operator, frags, out, metadata, reporter)
             elif distribution is Distribution.PER_PROBLEM:
@@ -372,6 +383,7 @@ class RayExecutor(Executor):
         decided = staged.decide()
         self.last_timings = staged.timings  # seconds per stage (bench/ray_scale.py)
         self.last_candidates = staged.candidates
+        self.last_actors = staged.actors
         started = time.perf_counter()
 
         @ray.remote(num_returns=2, **options)
@@ -397,7 +409,17 @@ class RayExecutor(Executor):
         return run
 
     def _prepare(self, operator: Operator, frags: list[Fragment]) -> None:
-        """Run the operator's row-local part (`prepare`) on every fragment in parallel."""
+        """Run the operator's row-local part (`prepare`) on every fragment in parallel (semantic
+        dedup: on a pool of embedding actors, which load the model once each)."""
+        from curate.filters.dedup import Dedup
+
+        if isinstance(operator, Dedup) and operator.params.method == "semantic":
+            from curate.executors.ray_semantic import prepare_on_actors
+
+            self.last_actors = prepare_on_actors(
+                self.ray, operator, frags, options=self._task_options()
+            )
+            return
         worker = worker_copy(operator)
 
         def task(frag: Fragment) -> int:

@@ -1,7 +1,9 @@
 """Global dedup of a trace column (`dedup: {on: completion, scope: global}`) staged on Ray, with
 the same clusters, representatives, reasons and details as `filters/dedup.py` run locally.
 
-Units are rows, numbered by their position in the pool. The stages:
+Units are rows, numbered by their position in the pool. Exact and MinHash (semantic: stages
+1-4 are replaced by embedding actors and a partitioned cosine search, see
+curate.executors.ray_semantic; stages 5-7 are shared):
 
 1. per slice (task): read the compared column, MinHash-sign the non-blank texts
    (curate.minhash.sign_texts), hash each signature whole and per LSH band; exact: the
@@ -19,7 +21,7 @@ Units are rows, numbered by their position in the pool. The stages:
 5. connected components on Ray (curate.executors.ray_components), returned as stars: one
    (label, row) per clustered row, the label being the smallest row of its component.
 6. representatives on Ray: each slice attaches to its clustered rows their id, length, score
-   (and minhash signature row) and sends them to the partition of their label
+   (and minhash signature or embedding row) and sends them to the partition of their label
    (label % partitions); the duplicate pairs go to the partition of their label too. Each
    partition holds whole clusters and runs the operator's own `_write` over them (numbered in
    row order, so every `keep` rule and tie-break is the local one), then splits its decided
@@ -28,8 +30,9 @@ Units are rows, numbered by their position in the pool. The stages:
    (null on rows in no cluster); kept rows are written as the slice's part.
 
 The driver holds the duplicate pairs and the stars (both as long as the duplicates, not the
-pool); never per-row columns of the whole pool, texts or signatures. Signatures are not
-read from or written to the step's signature cache.
+pool); never per-row columns of the whole pool, texts, signatures or embeddings. Signatures
+are not read from or written to the step's signature cache (embeddings are: they cost far
+more to compute).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import polars as pl
 
 from curate.executors.ray import Fragment, worker_copy
 from curate.executors.ray_components import component_stars
+from curate.filters.dedup import cosine
 from curate.minhash import ALL_PAIRS_BUCKET, estimated_jaccard, shingle_jaccard, sign_texts
 from curate.minhash import verification_margin as margin_of
 from curate.operators import DROP_DETAIL, DROP_REASON
@@ -63,15 +67,37 @@ DECIDED = ("dup_cluster", "dup_of", DROP_REASON, DROP_DETAIL)
 
 def distributable(operator: Dedup) -> bool:
     """Whether this dedup step runs staged on Ray: global scope, units are rows (a trace
-    column), method exact or minhash. Others run on the driver."""
+    column). Others run per problem (scope per_problem) or on the driver (problem units, after
+    their signatures or embeddings were computed in parallel: `Dedup.prepare`)."""
     from curate.filters.dedup import PROBLEM_TEXT_COLUMNS
 
     params = operator.params
-    return (
-        params.scope == "global"
-        and params.on not in PROBLEM_TEXT_COLUMNS
-        and params.method in ("exact", "minhash")
+    return params.scope == "global" and params.on not in PROBLEM_TEXT_COLUMNS
+
+
+def slice_units(
+    frame: pl.DataFrame, on: str, first_row: int
+) -> tuple[pl.DataFrame, np.ndarray, pl.Series]:
+    """A slice's thin rows (uid, score, length: what choosing representatives needs, as
+    `Dedup._units` computes them) and its units: the row numbers of its rows whose `on` text is
+    not blank, with those texts (a String Series)."""
+    text = frame[on].cast(pl.String)
+    row = np.arange(first_row, first_row + frame.height, dtype=np.int64)
+    uid = frame.select(
+        pl.coalesce("trace_id", "problem_id")
+        if "trace_id" in frame.columns
+        else pl.col("problem_id")
+    ).to_series()
+    score = (
+        frame["score"].cast(pl.Float64)
+        if "score" in frame.columns
+        else pl.Series([None] * frame.height, dtype=pl.Float64)
     )
+    eligible = text.str.contains(_NON_SPACE).fill_null(False)
+    thin = pl.DataFrame(
+        {"uid": uid, "score": score, "length": text.str.len_chars().fill_null(0).cast(pl.Int64)}
+    )
+    return thin, row[eligible.to_numpy()], text.filter(eligible)
 
 
 def _mix(values: np.ndarray) -> np.ndarray:
@@ -134,6 +160,7 @@ class RayDedup:
         self.starts = np.array([f.first_row for f in frags], dtype=np.int64)
         self.timings: dict[str, float] = {}  # seconds per stage, for bench/ray_scale.py
         self.candidates = 0
+        self.actors: list[dict[str, Any]] = []  # semantic: what each embedding actor did
 
     def _remote(self, fn: Callable[..., Any], num_returns: int = 1) -> Any:
         return self.ray.remote(num_returns=num_returns, **self.options)(fn)
@@ -149,29 +176,7 @@ class RayDedup:
         def task(frag: Fragment) -> list[Any]:
             from curate.executors.ray import read_fragment
 
-            frame = read_fragment(frag)
-            text = frame[on].cast(pl.String)
-            row = np.arange(frag.first_row, frag.first_row + frame.height, dtype=np.int64)
-            uid = frame.select(
-                pl.coalesce("trace_id", "problem_id")
-                if "trace_id" in frame.columns
-                else pl.col("problem_id")
-            ).to_series()
-            score = (
-                frame["score"].cast(pl.Float64)
-                if "score" in frame.columns
-                else pl.Series([None] * frame.height, dtype=pl.Float64)
-            )
-            eligible = text.str.contains(_NON_SPACE).fill_null(False)
-            thin = pl.DataFrame(
-                {
-                    "uid": uid,
-                    "score": score,
-                    "length": text.str.len_chars().fill_null(0).cast(pl.Int64),
-                }
-            )
-            units = row[eligible.to_numpy()]
-            texts = text.filter(eligible)
+            thin, units, texts = slice_units(read_fragment(frag), on, frag.first_row)
             if banding is None:  # exact: the match key itself is the key
                 keyed = pl.DataFrame({"unit": units, "key": match_keys(texts)})
                 block: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -390,7 +395,8 @@ class RayDedup:
         clustered row.
 
         Clustered rows are routed to the partition of their component's label (with their id,
-        length, score and, for minhash, signature row, attached by the slice that holds them),
+        length, score and, for minhash and semantic, signature or embedding row, attached by the
+        slice that holds them),
         the duplicate pairs to the partition of their label too, and each partition runs the
         operator's own `_write` over its clusters: the same representatives (`keep`, ties to
         the earliest row), similarities and details as a local run."""
@@ -402,16 +408,16 @@ class RayDedup:
         if not active:
             return [[] for _ in self.frags]
         starts = self.starts[active]
-        minhash = self.op.params.method == "minhash"
+        method = self.op.params.method
 
         def attach(
             first_row: int,
             thin: pl.DataFrame,
-            block: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+            block: tuple[np.ndarray, ...] | None,
             mine: pl.DataFrame,
         ) -> Any:
             """On the slice holding them: its clustered rows' id, length and score (and
-            signature rows), split by the partition of their label."""
+            signature or embedding rows), split by the partition of their label."""
             at = mine["row"].to_numpy()
             frame = pl.concat([mine, thin[at - first_row]], how="horizontal")
             sig = block[1][np.searchsorted(block[0], at)] if block is not None else None
@@ -447,14 +453,15 @@ class RayDedup:
             )
             labels = np.searchsorted(at, frame["label"].to_numpy())
             i, j, sim = pairs
-            if minhash:
-                sig = np.concatenate([p[1] for p in got])[order]
+            if method == "exact":
+                similarity = _ones
+            else:
+                vectors = np.concatenate([p[1] for p in got])[order]
+                measure = cosine if method == "semantic" else estimated_jaccard
 
                 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                    return estimated_jaccard(sig, a, b)
+                    return measure(vectors, a, b)
 
-            else:
-                similarity = _ones
             found = Found(np.searchsorted(at, i), np.searchsorted(at, j), sim, similarity)
             ids = frame.select(pl.col("uid").alias("problem_id"))
             decided = worker._write(ids, local, labels, found)
@@ -493,6 +500,22 @@ class RayDedup:
         `apply_decisions` joins them to the slice's rows)."""
         params = self.op.params
         clock = _Clock(self.timings)
+        if params.method == "semantic":
+            from curate.executors.ray_semantic import embed_slices, search_pairs
+
+            embedded = embed_slices(self.ray, self.op, self.frags, options=self.options)
+            thin_refs, blocks, self.actors = embedded.thin, embedded.blocks, embedded.reports
+            clock.lap("embed")
+            i, j, sim, self.candidates = search_pairs(
+                self.ray,
+                self.op,
+                blocks,
+                embedded.units,
+                partitions=self.partitions,
+                options=self.options,
+            )
+            clock.lap("search")
+            return self._cluster(thin_refs, blocks, (i, j, sim), clock)
         thin_refs, blocks, pieces = self.sign()
         self.ray.wait(thin_refs, num_returns=len(thin_refs), fetch_local=False)
         clock.lap("sign")
@@ -515,7 +538,21 @@ class RayDedup:
                 keep = sim >= np.float32(params.banding().threshold)
                 i, j, sim = i[keep], j[keep], sim[keep]
             clock.lap("verify")
-        stars = component_stars(self.ray, i, j, partitions=self.partitions, options=self.options)
+        return self._cluster(thin_refs, blocks, (i, j, sim), clock)
+
+    def _cluster(
+        self,
+        thin_refs: list[Any],
+        blocks: list[Any],
+        found: tuple[np.ndarray, np.ndarray, np.ndarray],
+        clock: _Clock,
+    ) -> list[list[Any]]:
+        """Stages 5 and 6, whatever found the duplicate pairs."""
+        params = self.op.params
+        i = found[0]
+        stars = component_stars(
+            self.ray, i, found[1], partitions=self.partitions, options=self.options
+        )
         clock.lap("components")
         logger.info(
             "step '%s' (dedup on %s): staged on Ray over %d slices and %d partitions: %d "
@@ -527,7 +564,7 @@ class RayDedup:
             i.shape[0],
             stars.height + stars["u"].n_unique(),
         )
-        decided = self.representatives(thin_refs, blocks, (i, j, sim), stars)
+        decided = self.representatives(thin_refs, blocks, found, stars)
         clock.lap("representatives")
         return decided
 

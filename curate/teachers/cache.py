@@ -77,6 +77,63 @@ def reusable(
     return not (answer.finish_reason in retry_reasons and answer.tries < tries)
 
 
+def answer_row(key: str, request: Request, answer: Answer, *, model: str) -> tuple[Any, ...]:
+    """The stored row of one answer, in COLUMNS order; stamps `answer.created` (now)."""
+    answer.created = time.time()
+    audit = json.dumps(
+        {
+            "messages": request.messages,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "n": request.n,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return (
+        key,
+        request.teacher,
+        model,
+        answer.max_tokens,
+        answer.seed,
+        answer.finish_reason,
+        answer.completion,
+        answer.reasoning,
+        answer.prompt_tokens,
+        answer.completion_tokens,
+        answer.billed_prompt_tokens,
+        answer.billed_completion_tokens,
+        answer.cost_usd,
+        answer.error,
+        answer.attempts,
+        answer.tries,
+        answer.created,
+        audit,
+    )
+
+
+def row_answer(row: tuple[Any, ...]) -> tuple[str, Answer]:
+    """The key and answer of a row made by `answer_row` (rows that come from a Ray sampler
+    actor, see curate.executors.ray_sample)."""
+    return row[0], Answer(
+        max_tokens=row[3],
+        seed=row[4],
+        finish_reason=row[5],
+        completion=row[6],
+        reasoning=row[7],
+        prompt_tokens=row[8],
+        completion_tokens=row[9],
+        billed_prompt_tokens=row[10],
+        billed_completion_tokens=row[11],
+        cost_usd=row[12],
+        error=row[13],
+        attempts=row[14],
+        tries=row[15],
+        created=row[16],
+    )
+
+
 class RequestCache:
     """One SQLite file of answers. Not thread-safe: one dispatcher owns it at a time."""
 
@@ -155,40 +212,7 @@ class RequestCache:
 
     def put(self, key: str, request: Request, answer: Answer, *, model: str) -> None:
         """Queue one answer; `flush` commits the queue."""
-        answer.created = time.time()
-        audit = json.dumps(
-            {
-                "messages": request.messages,
-                "temperature": request.temperature,
-                "top_p": request.top_p,
-                "seed": request.seed,
-                "n": request.n,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        self._pending.append(
-            (
-                key,
-                request.teacher,
-                model,
-                answer.max_tokens,
-                answer.seed,
-                answer.finish_reason,
-                answer.completion,
-                answer.reasoning,
-                answer.prompt_tokens,
-                answer.completion_tokens,
-                answer.billed_prompt_tokens,
-                answer.billed_completion_tokens,
-                answer.cost_usd,
-                answer.error,
-                answer.attempts,
-                answer.tries,
-                answer.created,
-                audit,
-            )
-        )
+        self._pending.append(answer_row(key, request, answer, model=model))
 
     @property
     def pending(self) -> int:

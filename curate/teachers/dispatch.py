@@ -14,23 +14,28 @@ Stopping: before taking a request a worker checks the stop flag, set by
 - a fatal teacher error (401, 403, 404, a missing key) or any other exception in a worker:
   like Ctrl-C, then the error is raised.
 In every case the answers received are flushed to the cache before `run` returns, so a re-run
-sends only what is left.
+sends only what is left. `interrupt` is Ctrl-C from another thread (a Ray sampler actor is
+told by its driver).
+
+`Sender` is the same contract for requests sent somewhere else: the Ray executor spreads a
+step's requests over sampler actors, each running a Dispatcher whose answers go to an outbox
+(an `AnswerStore`) that the driver drains into the cache (curate.executors.ray_sample).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from curate.teachers.budget import Budget
-from curate.teachers.cache import RequestCache
 from curate.teachers.requests import Answer, Request
 
 STOP_WAIT_S = 5.0
@@ -65,6 +70,23 @@ class ChunkClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+class AnswerStore(Protocol):
+    """Where answers are recorded as they arrive: the request cache (cache.RequestCache), or a
+    Ray sampler actor's outbox. `put` queues, `take` + `write` commit (in a worker thread),
+    `flush` commits what is queued."""
+
+    def put(self, key: str, request: Request, answer: Answer, *, model: str) -> None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def take(self) -> list[tuple[Any, ...]]: ...
+
+    def write(self, rows: list[tuple[Any, ...]]) -> int: ...
+
+    def flush(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class FinishPolicy:
     """Finish reasons to ask again for, and how many answers a sample may get in all."""
@@ -85,12 +107,28 @@ class Outcome:
     unsent: int = 0  # requests never sent (stopped before)
 
 
+class Sender(Protocol):
+    """Sends a step's requests somewhere else than this process's event loop, with the
+    Dispatcher's contract: answers recorded in `cache` as they arrive, sending stopped by the
+    budget and by Ctrl-C, what happened in the Outcome (curate.executors.ray_sample)."""
+
+    def send(
+        self,
+        requests: list[Request],
+        *,
+        cache: AnswerStore | None,
+        budget: Budget,
+        policy: FinishPolicy,
+        log: Callable[[str], None] | None,
+    ) -> Outcome: ...
+
+
 class Dispatcher:
     def __init__(
         self,
         *,
         clients: Mapping[str, HTTPClient | ChunkClient],
-        cache: RequestCache | None,
+        cache: AnswerStore | None,
         budget: Budget,
         policy: FinishPolicy,
         log: Callable[[str], None] | None = None,
@@ -112,6 +150,9 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._finished = False  # the workers are done: the flusher stops
         self._total = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._interrupts = 0  # asked for by `interrupt` (another thread)
+        self._interrupted = 0  # of those, handled on the loop
 
     # --- entry ---------------------------------------------------------------------------
 
@@ -124,8 +165,24 @@ class Dispatcher:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from async code
             return pool.submit(asyncio.run, self._main(requests)).result()
 
+    def interrupt(self) -> None:
+        """Ctrl-C from another thread: the first stops sending (requests in flight get
+        stop_wait_s), the second cancels what is in flight. May come before `run` starts."""
+        self._interrupts += 1
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: `run` is over
+                loop.call_soon_threadsafe(self._take_interrupts)
+
+    def _take_interrupts(self) -> None:
+        while self._interrupted < self._interrupts:
+            self._interrupted += 1
+            self._on_sigint()
+
     async def _main(self, requests: list[Request]) -> Outcome:
         self._total = len(requests)
+        self._loop = asyncio.get_running_loop()
+        self._take_interrupts()  # asked for before the loop ran
         queues: dict[str, deque[Request]] = {}
         for request in requests:
             queues.setdefault(request.teacher, deque()).append(request)

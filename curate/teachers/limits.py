@@ -11,6 +11,10 @@
   requests it turned away do not come back in one burst).
 
 Concurrency is bounded by the dispatcher's worker pool (max_concurrency workers per teacher).
+
+`Limiter` is what a client waits on: a `TokenBucket`, or (under the Ray executor) a lease
+from one bucket shared by every sampler actor (curate.executors.ray_sample), which takes
+tokens in batches with `TokenBucket.try_take_up_to`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,17 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 MAX_DELAY_S = 60.0
+
+
+class Limiter(Protocol):
+    """A rate limit a client waits on before each attempt and refunds what it did not use."""
+
+    async def take(self, amount: float) -> None: ...
+
+    def refund(self, amount: float) -> None: ...
 
 
 class TokenBucket:
@@ -46,6 +59,16 @@ class TokenBucket:
             self.tokens -= amount
             return 0.0
         return (need - self.tokens) / self.rate
+
+    def try_take_up_to(self, amount: float, most: float) -> tuple[float, float]:
+        """Take `amount` as `try_take` does, plus whatever else is there up to `most` in all
+        (a lease for a remote client): (tokens taken, 0.0), or (0.0, seconds to wait)."""
+        wait = self.try_take(amount)
+        if wait > 0.0:
+            return 0.0, wait
+        extra = min(max(0.0, self.tokens), max(0.0, most - amount))
+        self.tokens -= extra
+        return amount + extra, 0.0
 
     async def take(self, amount: float) -> None:
         """Wait until `amount` can be taken, then take it."""

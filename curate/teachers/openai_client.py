@@ -31,7 +31,7 @@ from curate import __version__
 from curate.errors import TeacherError
 from curate.schemas.spec import OpenAITeacher
 from curate.teachers.budget import token_cost
-from curate.teachers.limits import TokenBucket, parse_retry_after, retry_delay
+from curate.teachers.limits import Limiter, TokenBucket, parse_retry_after, retry_delay
 from curate.teachers.requests import Answer, Request, parse_chat_response
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -58,19 +58,35 @@ def api_key(name: str, teacher: OpenAITeacher) -> str | None:
 
 
 class OpenAIClient:
-    """One teacher's HTTP session, rate limits and retry policy. Use inside one event loop."""
+    """One teacher's HTTP session, rate limits and retry policy. Use inside one event loop.
 
-    def __init__(self, name: str, teacher: OpenAITeacher) -> None:
+    A Ray sampler actor (curate.executors.ray_sample) passes `limits`, its leases on the RPM
+    and TPM buckets that every actor shares, and `key`, read from the environment by the
+    driver (a worker may not have that variable)."""
+
+    def __init__(
+        self,
+        name: str,
+        teacher: OpenAITeacher,
+        *,
+        limits: tuple[Limiter | None, Limiter | None] | None = None,
+        key: str | None = None,
+    ) -> None:
         self.name = name
         self.teacher = teacher
         self.model = teacher.model
         self.concurrency = teacher.max_concurrency
         self.url = (teacher.base_url or DEFAULT_BASE_URL).rstrip("/") + "/chat/completions"
         self.proxy = _env_proxy(self.url)
-        self._key = api_key(name, teacher)
+        self._key = key if key is not None else api_key(name, teacher)
         self._session: aiohttp.ClientSession | None = None
-        self.rpm = TokenBucket(teacher.rpm) if teacher.rpm else None
-        self.tpm = TokenBucket(teacher.tpm) if teacher.tpm else None
+        self.rpm: Limiter | None
+        self.tpm: Limiter | None
+        if limits is not None:
+            self.rpm, self.tpm = limits
+        else:
+            self.rpm = TokenBucket(teacher.rpm) if teacher.rpm else None
+            self.tpm = TokenBucket(teacher.tpm) if teacher.tpm else None
         self.max_tokens_field = teacher.max_tokens_field
         self.extra = dict(teacher.extra_body)
 
