@@ -370,6 +370,24 @@ class Spec(Strict):
         None, description="SQLite file of teacher answers (default: <run_dir>/requests.sqlite)"
     )
 
+    @field_validator("run_dir", "request_cache")
+    @classmethod
+    def _local_path(cls, value: str | None) -> str | None:
+        """Run directories are filesystem paths; a URI would silently become a local folder
+        named after it ('s3:/bucket/...'), so it is refused. `file://` URIs are paths."""
+        if value is None:
+            return None
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
+        if scheme is None:
+            return value
+        if scheme.group(1).lower() == "file":
+            return value[len("file://") :]
+        raise ValueError(
+            f"object-store and other URIs ({scheme.group(1)}://) are not supported; "
+            "give a filesystem path every worker can reach (local disk, NFS, or a bucket "
+            "mounted with s3fs, gcsfuse or similar)"
+        )
+
     @model_validator(mode="after")
     def _teacher_names(self) -> Spec:
         for name in self.teachers:

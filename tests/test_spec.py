@@ -44,6 +44,18 @@ def test_good_spec_loads_and_resolves_paths(write_spec: WriteSpec) -> None:
     assert loaded.run_dir == path.parent / "runs" / "t"
 
 
+def test_run_dir_must_be_a_path_not_an_object_store_uri(
+    write_spec: WriteSpec, tmp_path: Path
+) -> None:
+    """A URI would otherwise become a local folder named 's3:/bucket/...'."""
+    message = errors_of(write_spec(GOOD + "run_dir: s3://bucket/runs/t\n"))
+    line = GOOD.count("\n") + 1
+    assert f"spec.yaml:{line}:10: run_dir: object-store" in message
+    assert "s3://" in message and "mounted" in message
+    loaded = load_spec(write_spec(GOOD + f"run_dir: file://{tmp_path}/runs/t\n"))
+    assert loaded.run_dir == tmp_path / "runs" / "t"
+
+
 def test_quickstart_spec_is_valid() -> None:
     loaded = load_spec(QUICKSTART / "spec.yaml")
     assert loaded.spec.outputs.preference is not None
