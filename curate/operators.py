@@ -158,15 +158,6 @@ class Operator(ABC, Generic[P]):
         a problem (for its params) returns PER_PROBLEM."""
         return Distribution.ROWS if self.scope is Scope.BATCH else Distribution.DRIVER
 
-    def prepares(self) -> bool:
-        """Whether `prepare` does work worth spreading before a driver-side global step."""
-        return False
-
-    def prepare(self, frame: pl.DataFrame) -> None:
-        """Staged global operators: do the row-local part of the work for one slice of the
-        pool (dedup signs texts into its cache) so that `run` on the whole pool finds it done.
-        Executors call it in parallel; it must not change what `run` returns."""
-
     def run(self, frame: pl.DataFrame) -> OpResult:
         """Check required columns, then apply. The engine calls this."""
         missing = [c for c in self.requires if c not in frame.columns]

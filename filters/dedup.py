@@ -267,22 +267,6 @@ class Dedup(Filter[DedupParams]):
             return Distribution.PER_PROBLEM
         return Distribution.DRIVER
 
-    def prepares(self) -> bool:
-        """MinHash signatures and embeddings are row-local: executors compute them for slices
-        in parallel into the cache that `decide` then reads (the same cache a re-run reads, so
-        results are unchanged)."""
-        return self.params.method != "exact" and self.context.cache_dir is not None
-
-    def prepare(self, frame: pl.DataFrame) -> None:
-        if not self.prepares():
-            return
-        self._check(frame)
-        texts = frame[self.params.on].cast(pl.String)
-        if self.params.method == "minhash":
-            self._signatures(texts)
-        else:
-            self._embeddings(texts.filter(texts.str.contains(_NON_SPACE).fill_null(False)))
-
     def decide(self, frame: pl.DataFrame) -> pl.DataFrame:
         units = self._units(frame)
         found = self._find(units)

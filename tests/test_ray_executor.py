@@ -138,7 +138,7 @@ def dedup_pool(root: Path) -> Path:
         # staged on Ray: rows are the units
         '  - dedup: {"on": completion, method: exact}\n'
         '  - dedup: {"on": completion, method: minhash, threshold: 0.5, keep: longest}\n'
-        # problems are the units: signed in Ray tasks, clustered on the driver
+        # problems are the units: formed, signed and clustered on Ray too
         '  - dedup: {"on": prompt, method: minhash, threshold: 0.3}\n'
     )
     return spec
@@ -151,7 +151,11 @@ def test_dedup_pool_on_ray_equals_local_and_is_global(
     with caplog.at_level(logging.INFO, logger="curate"):
         remote = Build(load_spec(dedup_pool(tmp_path / "ray")), executor=ray_executor()).run()
     staged = [r.getMessage() for r in caplog.records if "staged on Ray" in r.getMessage()]
-    assert [m.split(" (")[0] for m in staged] == ["step '01-dedup'", "step '02-dedup'"]
+    assert [m.split(" (")[0] for m in staged] == [
+        "step '01-dedup'",
+        "step '02-dedup'",
+        "step '03-dedup'",
+    ]
     assert "330 duplicate pairs" in staged[0]
     local_run = tmp_path / "local" / "runs" / "dedup-pool"
     remote_run = tmp_path / "ray" / "runs" / "dedup-pool"
@@ -172,9 +176,10 @@ def test_dedup_pool_on_ray_equals_local_and_is_global(
     _, near_dropped = stage_tables(remote_run, "02-dedup")
     assert near_dropped is not None
     assert near_dropped["drop_detail"].str.contains("estimated Jaccard").all()
-    # Problem units: signatures made by the Ray tasks, one cache file per slice.
-    cache = sorted((remote_run / "cache" / "dedup").rglob("part-*.npz"))
-    assert len(cache) == len(fragments(remote_run / "stages" / "02-dedup", BATCH_ROWS)) > 1
+    # Problem units: compared on Ray, the signatures never went through the driver's cache.
+    assert "32 problems in clusters" in staged[2]
+    assert remote["stages"][3]["stats"]["dropped_by_reason"]["duplicate"] == 16
+    assert not (remote_run / "cache" / "dedup").exists()
 
 
 def test_cli_executor_option_and_spec_block(tmp_path: Path, cluster: None) -> None:

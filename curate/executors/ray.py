@@ -14,15 +14,14 @@ what the operator declares (`Operator.distribution`):
   partition is run with its rows in pool order. Kept rows go back to the part of the
   fragment they came from, sorted by row number, so the stage holds the same rows in the
   same order as a local run.
-- dedup of a trace column with scope global (exact, minhash, semantic): staged in Ray tasks,
-  with representatives chosen per cluster on Ray too (curate.executors.ray_dedup). Semantic
-  embeddings are computed by a pool of actors, one model load per actor (one actor per GPU,
-  else per CPU), into the step's embedding cache, and the cosine search is split into query
-  blocks over one matrix in the object store (curate.executors.ray_semantic).
+- dedup with scope global (exact, minhash, semantic; of rows for a trace column, of problems
+  for a problem column, whose units are formed by a shuffle on problem_id): staged in Ray
+  tasks, with representatives chosen per cluster on Ray too (curate.executors.ray_dedup).
+  Semantic embeddings are computed by a pool of actors, one model load per actor (one actor
+  per GPU, else per CPU), into the step's embedding cache, and the cosine search is split
+  into query blocks over one matrix in the object store (curate.executors.ray_semantic).
 - driver: the step needs the whole pool in one process and runs on the driver, with a log
-  line saying so. A staged operator (MinHash or semantic dedup of problems) first runs its
-  row-local part (`prepare`: signing or embedding texts into its cache) in parallel tasks, or
-  for embeddings on the actor pool, so the driver only reads signatures or embeddings.
+  line saying so (decontaminate, pair, select with sample or solved_by).
 - teachers (`sample`): planned on the driver (the cache lookups and the rows too, by the
   same code as locally); the requests the cache does not answer are sent from sampler
   actors that share each teacher's limits and the budget (curate.executors.ray_sample).
@@ -246,16 +245,7 @@ class RayExecutor(Executor):
             elif _staged_dedup(operator):
                 return self._dedup(operator, frags, out, metadata, reporter)
             else:
-                if operator.prepares():
-                    self._prepare(operator, frags)
-                    logger.info(
-                        "%s: row-local work done in %d Ray tasks; the global part runs on "
-                        "the driver",
-                        step,
-                        len(frags),
-                    )
-                else:
-                    logger.info("%s runs on the driver: it needs the whole pool at once", step)
+                logger.info("%s runs on the driver: it needs the whole pool at once", step)
         except self.ray.exceptions.RayError as exc:
             raise ExecutorError(f"{step} failed on Ray: {exc}") from None
         finally:
@@ -365,7 +355,8 @@ class RayExecutor(Executor):
         metadata: dict[str, str],
         reporter: SilentReporter,
     ) -> StageRun:
-        """Global exact / MinHash dedup of a trace column, staged (curate.executors.ray_dedup)."""
+        """Global dedup (exact, MinHash, semantic; of rows or of problems), staged
+        (curate.executors.ray_dedup)."""
         from curate.executors.ray_dedup import RayDedup, apply_decisions
 
         ray = self.ray
@@ -381,6 +372,7 @@ class RayExecutor(Executor):
         options = self._task_options()
         staged = RayDedup(ray, operator, frags, options=options, partitions=2 * cpus)
         decided = staged.decide()
+        key = "problem_id" if staged.by_problem else "row"  # how decided columns reach rows
         self.last_timings = staged.timings  # seconds per stage (bench/ray_scale.py)
         self.last_candidates = staged.candidates
         self.last_actors = staged.actors
@@ -389,7 +381,7 @@ class RayExecutor(Executor):
         @ray.remote(num_returns=2, **options)
         def write(frag: Fragment, *pieces: pl.DataFrame) -> tuple[dict[str, Any], pl.DataFrame]:
             frame = read_fragment(frag)
-            kept, dropped = apply_decisions(frame, frag.first_row, list(pieces))
+            kept, dropped = apply_decisions(frame, frag.first_row, list(pieces), key=key)
             _write_part(out / f"part-{frag.index:05d}.parquet", kept, metadata)
             stats = StageStats(
                 rows_in=frame.height,
@@ -407,28 +399,6 @@ class RayExecutor(Executor):
         self.last_timings["write"] = time.perf_counter() - started
         reporter.advance(run.stats.rows_in)
         return run
-
-    def _prepare(self, operator: Operator, frags: list[Fragment]) -> None:
-        """Run the operator's row-local part (`prepare`) on every fragment in parallel (semantic
-        dedup: on a pool of embedding actors, which load the model once each)."""
-        from curate.filters.dedup import Dedup
-
-        if isinstance(operator, Dedup) and operator.params.method == "semantic":
-            from curate.executors.ray_semantic import prepare_on_actors
-
-            self.last_actors = prepare_on_actors(
-                self.ray, operator, frags, options=self._task_options()
-            )
-            return
-        worker = worker_copy(operator)
-
-        def task(frag: Fragment) -> int:
-            frame = read_fragment(frag)
-            worker.prepare(frame)
-            return frame.height
-
-        remote = self.ray.remote(**self._task_options())(task)
-        self.ray.get([remote.remote(frag) for frag in frags])
 
     def _finish(
         self,

@@ -1,11 +1,18 @@
-"""Global dedup of a trace column (`dedup: {on: completion, scope: global}`) staged on Ray, with
-the same clusters, representatives, reasons and details as `filters/dedup.py` run locally.
+"""Global dedup (`dedup: {scope: global}`) staged on Ray, with the same clusters,
+representatives, reasons and details as `filters/dedup.py` run locally.
 
-Units are rows, numbered by their position in the pool. Exact and MinHash (semantic: stages
-1-4 are replaced by embedding actors and a partitioned cosine search, see
-curate.executors.ray_semantic; stages 5-7 are shared):
+Units are numbered by the pool position of their row. With a trace column (`on: completion`)
+every row is a unit. With a problem column (`on: prompt`) a unit is a problem, numbered by its
+first row in pool order and compared on that row's text, with the mean score of all its rows
+(as `Dedup._units` makes them); stage 0 forms them and everything after is the same for both.
+Exact and MinHash (semantic: stages 1-4 are replaced by embedding actors and a partitioned
+cosine search, see curate.executors.ray_semantic; stages 0 and 5-7 are shared):
 
-1. per slice (task): read the compared column, MinHash-sign the non-blank texts
+0. problem units only: each slice (task) sends its rows' problem_id, row number and score to
+   the partition of hash(problem_id); each partition (task) holds whole problems and makes one
+   unit per problem (first row, mean score, the slices holding its rows), sent to the slice
+   that holds its first row.
+1. per slice (task): read the compared column, MinHash-sign the non-blank texts of its units
    (curate.minhash.sign_texts), hash each signature whole and per LSH band; exact: the
    match key (curate.shingles.match_keys). Signatures stay in the object store, by slice.
 2. identical signatures (minhash) or equal match keys (exact): hash-partitioned on the key,
@@ -26,17 +33,22 @@ curate.executors.ray_semantic; stages 5-7 are shared):
    partition holds whole clusters and runs the operator's own `_write` over them (numbered in
    row order, so every `keep` rule and tie-break is the local one), then splits its decided
    columns (row, dup_cluster, dup_of, drop_reason, drop_detail) by slice.
-7. per slice (task): its pieces of decided columns are joined to its rows by row number
-   (null on rows in no cluster); kept rows are written as the slice's part.
+   Problem units: a partition sends each unit's decided columns, keyed by problem_id, to
+   every slice that holds a row of that problem (known from stage 0).
+7. per slice (task): its pieces of decided columns are joined to its rows by row number, or
+   by problem_id for problem units, so every row of a dropped problem is dropped with the
+   same reason, detail, dup_cluster and dup_of (null on rows in no cluster); kept rows are
+   written as the slice's part.
 
 The driver holds the duplicate pairs and the stars (both as long as the duplicates, not the
-pool); never per-row columns of the whole pool, texts, signatures or embeddings. Signatures
-are not read from or written to the step's signature cache (embeddings are: they cost far
-more to compute).
+pool) and object refs; never per-row or per-problem columns of the whole pool, texts,
+signatures or embeddings. Signatures are not read from or written to the step's signature
+cache (embeddings are: they cost far more to compute).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -45,6 +57,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from curate.executors.ray import Fragment, worker_copy
 from curate.executors.ray_components import component_stars
@@ -66,37 +79,79 @@ DECIDED = ("dup_cluster", "dup_of", DROP_REASON, DROP_DETAIL)
 
 
 def distributable(operator: Dedup) -> bool:
-    """Whether this dedup step runs staged on Ray: global scope, units are rows (a trace
-    column). Others run per problem (scope per_problem) or on the driver (problem units, after
-    their signatures or embeddings were computed in parallel: `Dedup.prepare`)."""
+    """Whether this dedup step runs staged on Ray: global scope, on a trace column (units are
+    rows) or a problem column (units are problems). Scope per_problem runs per problem."""
+    return operator.params.scope == "global"
+
+
+def by_problem(operator: Dedup) -> bool:
+    """Whether the step's units are problems (`on` names a problem column)."""
     from curate.filters.dedup import PROBLEM_TEXT_COLUMNS
 
-    params = operator.params
-    return params.scope == "global" and params.on not in PROBLEM_TEXT_COLUMNS
+    return operator.params.on in PROBLEM_TEXT_COLUMNS
+
+
+def _scores(frame: pl.DataFrame) -> pl.Series:
+    """The rows' scores as `Dedup._units` reads them (Float64, null without a score column)."""
+    if "score" in frame.columns:
+        return frame["score"].cast(pl.Float64)
+    return pl.Series("score", [None] * frame.height, dtype=pl.Float64)
+
+
+def problems_of(rows: pl.DataFrame, starts: np.ndarray) -> pl.DataFrame:
+    """Stage 0's partition step: one unit per problem of `rows` (problem_id, row, score; whole
+    problems, any order): its first row, the mean score of its rows (as `Dedup._units`
+    aggregates them, in pool order) and the slices (starting at `starts`) holding its rows."""
+    ordered = rows.sort("row")
+    owner = np.searchsorted(starts, ordered["row"].to_numpy(), side="right") - 1
+    return (
+        ordered.with_columns(pl.Series("slice", owner, dtype=pl.Int64))
+        .group_by("problem_id", maintain_order=True)
+        .agg(
+            pl.col("row").first(),
+            pl.col("score").mean(),
+            pl.col("slice").unique(maintain_order=True).alias("slices"),
+        )
+    )
 
 
 def slice_units(
-    frame: pl.DataFrame, on: str, first_row: int
+    frame: pl.DataFrame, on: str, first_row: int, problems: list[pl.DataFrame] | None = None
 ) -> tuple[pl.DataFrame, np.ndarray, pl.Series]:
     """A slice's thin rows (uid, score, length: what choosing representatives needs, as
-    `Dedup._units` computes them) and its units: the row numbers of its rows whose `on` text is
-    not blank, with those texts (a String Series)."""
+    `Dedup._units` computes them; one per row of the slice) and its units: the row numbers of
+    its units whose `on` text is not blank, with those texts (a String Series).
+
+    Rows are the units unless `problems` is given: then they are the pieces of stage 0 naming
+    the problems whose first row this slice holds; those rows are the units, with the
+    problem's id, mean score and the slices holding its rows (column `slices`) as thin rows."""
     text = frame[on].cast(pl.String)
     row = np.arange(first_row, first_row + frame.height, dtype=np.int64)
-    uid = frame.select(
-        pl.coalesce("trace_id", "problem_id")
-        if "trace_id" in frame.columns
-        else pl.col("problem_id")
-    ).to_series()
-    score = (
-        frame["score"].cast(pl.Float64)
-        if "score" in frame.columns
-        else pl.Series([None] * frame.height, dtype=pl.Float64)
-    )
     eligible = text.str.contains(_NON_SPACE).fill_null(False)
-    thin = pl.DataFrame(
-        {"uid": uid, "score": score, "length": text.str.len_chars().fill_null(0).cast(pl.Int64)}
-    )
+    length = text.str.len_chars().fill_null(0).cast(pl.Int64)
+    if problems is None:
+        uid = frame.select(
+            pl.coalesce("trace_id", "problem_id")
+            if "trace_id" in frame.columns
+            else pl.col("problem_id")
+        ).to_series()
+        thin = pl.DataFrame({"uid": uid, "score": _scores(frame), "length": length})
+    else:
+        firsts = pl.DataFrame({"row": row}).join(
+            pl.concat(problems).select("row", "score", "slices", pl.lit(True).alias("first")),
+            on="row",
+            how="left",
+            maintain_order="left",
+        )
+        eligible = eligible & firsts["first"].fill_null(False)
+        thin = pl.DataFrame(
+            {
+                "uid": frame["problem_id"],
+                "score": firsts["score"].cast(pl.Float64),
+                "length": length,
+                "slices": firsts["slices"],
+            }
+        )
     return thin, row[eligible.to_numpy()], text.filter(eligible)
 
 
@@ -161,22 +216,73 @@ class RayDedup:
         self.timings: dict[str, float] = {}  # seconds per stage, for bench/ray_scale.py
         self.candidates = 0
         self.actors: list[dict[str, Any]] = []  # semantic: what each embedding actor did
+        self.by_problem = by_problem(operator)
 
     def _remote(self, fn: Callable[..., Any], num_returns: int = 1) -> Any:
         return self.ray.remote(num_returns=num_returns, **self.options)(fn)
 
+    # --- 0. problem units --------------------------------------------------------------
+
+    def problem_units(self) -> list[list[Any]] | None:
+        """Problem units: per slice, the refs of the pieces (one per partition) naming the
+        problems whose first row it holds (`problems_of`); None when rows are the units.
+
+        Rows are hash-partitioned on problem_id (as the executor's per-problem steps are), so
+        each partition holds whole problems and no task sees more than its share of them."""
+        if not self.by_problem:
+            return None
+        parts, starts, slices = self.partitions, self.starts, len(self.frags)
+
+        def split(frag: Fragment) -> Any:
+            from curate.executors.ray import read_fragment
+
+            present = set(pq.ParquetFile(frag.file).schema_arrow.names)
+            frame = read_fragment(frag, [c for c in ("problem_id", "score") if c in present])
+            rows = pl.DataFrame(
+                {
+                    "problem_id": frame["problem_id"],
+                    "row": pl.int_range(frag.first_row, frag.first_row + frame.height, eager=True),
+                    "score": _scores(frame),
+                }
+            )
+            part = (rows["problem_id"].hash(seed=17) % parts).cast(pl.Int64)
+            pieces = [rows.filter(part == p) for p in range(parts)]
+            return pieces if parts > 1 else pieces[0]
+
+        def gather(*pieces: pl.DataFrame) -> Any:
+            units = problems_of(pl.concat(pieces), starts)
+            owner = np.searchsorted(starts, units["row"].to_numpy(), side="right") - 1
+            out = [units.filter(owner == f) for f in range(slices)]
+            return out if slices > 1 else out[0]
+
+        split_remote = self._remote(split, num_returns=parts)
+        split_refs = [split_remote.remote(frag) for frag in self.frags]
+        if parts == 1:
+            split_refs = [[ref] for ref in split_refs]
+        gather_remote = self._remote(gather, num_returns=slices)
+        gathered = [gather_remote.remote(*[refs[p] for refs in split_refs]) for p in range(parts)]
+        if slices == 1:
+            gathered = [[ref] for ref in gathered]
+        return [[refs[f] for refs in gathered] for f in range(slices)]
+
     # --- 1. sign -----------------------------------------------------------------------
 
-    def sign(self) -> tuple[list[Any], list[Any], list[list[Any]]]:
-        """Per slice: its thin rows, its signature block and its key pieces by partition."""
+    def sign(
+        self, problems: list[list[Any]] | None
+    ) -> tuple[list[Any], list[Any], list[list[Any]]]:
+        """Per slice: its thin rows, its signature block and its key pieces by partition
+        (`problems`: see `problem_units`)."""
         params = self.op.params
         on, method, parts = params.on, params.method, self.partitions
         banding = params.banding() if method == "minhash" else None
+        per_problem = problems is not None
 
-        def task(frag: Fragment) -> list[Any]:
+        def task(frag: Fragment, *pieces: pl.DataFrame) -> list[Any]:
             from curate.executors.ray import read_fragment
 
-            thin, units, texts = slice_units(read_fragment(frag), on, frag.first_row)
+            thin, units, texts = slice_units(
+                read_fragment(frag), on, frag.first_row, list(pieces) if per_problem else None
+            )
             if banding is None:  # exact: the match key itself is the key
                 keyed = pl.DataFrame({"unit": units, "key": match_keys(texts)})
                 block: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -205,11 +311,14 @@ class RayDedup:
                 keyed = pl.DataFrame({"unit": units, "key": pl.Series(whole, dtype=pl.UInt64)})
                 hashed = keyed["key"]
             part = (hashed % parts).cast(pl.Int64)
-            pieces = [keyed.filter(part == p) for p in range(parts)]
-            return [thin, block, *pieces]
+            keyed_pieces = [keyed.filter(part == p) for p in range(parts)]
+            return [thin, block, *keyed_pieces]
 
         remote = self._remote(task, num_returns=2 + parts)
-        refs = [remote.remote(frag) for frag in self.frags]
+        refs = [
+            remote.remote(frag, *(problems[f] if problems is not None else []))
+            for f, frag in enumerate(self.frags)
+        ]
         return [r[0] for r in refs], [r[1] for r in refs], [list(r[2:]) for r in refs]
 
     # --- 2, 3. candidate pairs ---------------------------------------------------------
@@ -392,7 +501,8 @@ class RayDedup:
     ) -> list[list[Any]]:
         """Per slice, the refs of its clustered rows' decided columns (row, dup_cluster,
         dup_of, drop_reason, drop_detail), one piece per partition; empty for a slice with no
-        clustered row.
+        clustered row. Problem units: keyed by problem_id instead of row, sent to every slice
+        holding a row of the problem (each slice gets one piece per partition).
 
         Clustered rows are routed to the partition of their component's label (with their id,
         length, score and, for minhash and semantic, signature or embedding row, attached by the
@@ -407,7 +517,12 @@ class RayDedup:
         active = [f for f in range(len(self.frags)) if cuts[f + 1] > cuts[f]]
         if not active:
             return [[] for _ in self.frags]
-        starts = self.starts[active]
+        per_problem = self.by_problem
+        # The slices that get decided columns: those holding clustered rows, or (problem
+        # units, whose rows the driver does not know) every slice.
+        targets = list(range(len(self.frags))) if per_problem else active
+        starts = self.starts[targets]
+        key = "problem_id" if per_problem else "row"
         method = self.op.params.method
 
         def attach(
@@ -438,7 +553,8 @@ class RayDedup:
 
             got = [p for p in pieces if p[0].height]
             if not got:
-                empty = pl.DataFrame(schema={"row": pl.Int64, **dict.fromkeys(DECIDED, pl.String)})
+                key_type = pl.String if per_problem else pl.Int64
+                empty = pl.DataFrame(schema={key: key_type, **dict.fromkeys(DECIDED, pl.String)})
                 return [empty] * len(starts) if len(starts) > 1 else empty
             frame = pl.concat([p[0] for p in got])
             order = frame["row"].arg_sort().to_numpy()
@@ -450,6 +566,7 @@ class RayDedup:
                 "length",
                 "score",
                 "uid",
+                pl.col("uid").alias("problem_id"),  # problem units: `_write` maps rows by it
             )
             labels = np.searchsorted(at, frame["label"].to_numpy())
             i, j, sim = pairs
@@ -465,9 +582,20 @@ class RayDedup:
             found = Found(np.searchsorted(at, i), np.searchsorted(at, j), sim, similarity)
             ids = frame.select(pl.col("uid").alias("problem_id"))
             decided = worker._write(ids, local, labels, found)
-            out = pl.concat([frame.select("row"), decided.select(DECIDED)], how="horizontal")
-            cuts = np.searchsorted(at, np.append(starts[1:], np.iinfo(np.int64).max))
-            split = [out[a:b] for a, b in zip(np.r_[0, cuts[:-1]], cuts, strict=True)]
+            if per_problem:  # to every slice holding a row of the problem
+                out = pl.concat(
+                    [frame.select(pl.col("uid").alias(key), "slices"), decided.select(DECIDED)],
+                    how="horizontal",
+                ).explode("slices")
+                target = out["slices"].to_numpy()
+                out = out.drop("slices")
+            else:  # to the slice holding the row
+                out = pl.concat([frame.select("row"), decided.select(DECIDED)], how="horizontal")
+                target = np.searchsorted(starts, at, side="right") - 1
+            order = np.argsort(target, kind="stable")
+            out, target = out[order], target[order]
+            bounds = np.searchsorted(target, np.arange(len(starts) + 1))
+            split = [out[a:b] for a, b in itertools.pairwise(bounds)]
             return split if len(starts) > 1 else split[0]
 
         attach_remote = self._remote(attach, num_returns=parts)
@@ -479,17 +607,17 @@ class RayDedup:
         ]
         if parts == 1:
             attached = [[ref] for ref in attached]
-        choose_remote = self._remote(choose, num_returns=len(active))
+        choose_remote = self._remote(choose, num_returns=len(targets))
         chosen = [
             choose_remote.remote(pair_parts[q], *[refs[q] for refs in attached])
             for q in range(parts)
         ]
-        if len(active) == 1:
+        if len(targets) == 1:
             chosen = [[ref] for ref in chosen]
         # Wait (without fetching) so the stage's time is its own, not the write's.
         ray.wait([refs[0] for refs in chosen], num_returns=parts, fetch_local=False)
         out: list[list[Any]] = [[] for _ in self.frags]
-        for a, f in enumerate(active):
+        for a, f in enumerate(targets):
             out[f] = [refs[a] for refs in chosen]
         return out
 
@@ -500,10 +628,17 @@ class RayDedup:
         `apply_decisions` joins them to the slice's rows)."""
         params = self.op.params
         clock = _Clock(self.timings)
+        problems = self.problem_units()
+        if problems is not None:
+            formed = [ref for refs in problems for ref in refs]
+            self.ray.wait(formed, num_returns=len(formed), fetch_local=False)
+            clock.lap("units")
         if params.method == "semantic":
             from curate.executors.ray_semantic import embed_slices, search_pairs
 
-            embedded = embed_slices(self.ray, self.op, self.frags, options=self.options)
+            embedded = embed_slices(
+                self.ray, self.op, self.frags, options=self.options, problems=problems
+            )
             thin_refs, blocks, self.actors = embedded.thin, embedded.blocks, embedded.reports
             clock.lap("embed")
             i, j, sim, self.candidates = search_pairs(
@@ -516,7 +651,7 @@ class RayDedup:
             )
             clock.lap("search")
             return self._cluster(thin_refs, blocks, (i, j, sim), clock)
-        thin_refs, blocks, pieces = self.sign()
+        thin_refs, blocks, pieces = self.sign(problems)
         self.ray.wait(thin_refs, num_returns=len(thin_refs), fetch_local=False)
         clock.lap("sign")
         identical = self.first_of_key(pieces)
@@ -556,13 +691,14 @@ class RayDedup:
         clock.lap("components")
         logger.info(
             "step '%s' (dedup on %s): staged on Ray over %d slices and %d partitions: %d "
-            "duplicate pairs, %d rows in clusters",
+            "duplicate pairs, %d %s in clusters",
             self.op.context.stage_id,
             params.on,
             len(self.frags),
             self.partitions,
             i.shape[0],
             stars.height + stars["u"].n_unique(),
+            "problems" if self.by_problem else "rows",
         )
         decided = self.representatives(thin_refs, blocks, found, stars)
         clock.lap("representatives")
@@ -621,14 +757,19 @@ def _ones(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def apply_decisions(
-    frame: pl.DataFrame, first_row: int, pieces: list[pl.DataFrame]
+    frame: pl.DataFrame, first_row: int, pieces: list[pl.DataFrame], *, key: str = "row"
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """A slice's rows (the first numbered `first_row`) with the decided columns of its
-    clustered rows (null on the others), split as `Filter.apply` splits them."""
-    rows = pl.DataFrame({"row": pl.int_range(first_row, first_row + frame.height, eager=True)})
+    clustered rows (null on the others), split as `Filter.apply` splits them. The pieces are
+    keyed by row number, or with `key="problem_id"` (problem units) by problem: every row of
+    a clustered problem gets its columns."""
+    if key == "row":
+        rows = pl.DataFrame({"row": pl.int_range(first_row, first_row + frame.height, eager=True)})
+    else:
+        rows = frame.select(key)
     decided = rows.join(
-        pl.concat(pieces) if pieces else pl.DataFrame(schema={"row": pl.Int64}),
-        on="row",
+        pl.concat(pieces) if pieces else pl.DataFrame(schema={key: rows.schema[key]}),
+        on=key,
         how="left",
         maintain_order="left",
     )

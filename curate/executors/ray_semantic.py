@@ -1,8 +1,8 @@
 """Semantic dedup on Ray (`dedup: {method: semantic}` with `--executor ray`): sentence embeddings
 computed by a pool of actors, one model load per actor, and an exact cosine search split into
-query blocks. For a trace column (units are rows) these replace the signing and candidate
-stages of curate.executors.ray_dedup, whose connected components and representatives the
-semantic step shares with MinHash.
+query blocks. These replace the signing and candidate stages of curate.executors.ray_dedup,
+whose unit formation (problem units), connected components and representatives the semantic
+step shares with MinHash.
 
 Embeddings. Each actor holds a worker copy of the step. Slices are dealt to the actors
 round-robin; an actor reads its slice's columns itself (the driver reads no rows) and embeds
@@ -15,9 +15,9 @@ actor reports what it did (process, device, model loads, slices, texts embedded 
 the cache): the driver logs a summary and `RayExecutor.last_actors` keeps the reports. The
 actors are ended as soon as every slice is embedded, so that the search gets the CPUs back.
 
-Problem units (`on: prompt`): the same actors run `Dedup.prepare` on each slice, which only
-fills the cache; the step then runs on the driver with every embedding cached (it loads no
-model), as MinHash does with its signatures.
+Problem units (`on: prompt`): each actor embeds the texts of the problems whose first row its
+slice holds (stage 0 of curate.executors.ray_dedup names them), one text per problem as the
+local executor embeds them.
 
 Search. One task concatenates the slices' embedding blocks into a matrix in the object store
 (units x dim, float32; the driver never holds it). Query blocks of rows, cut so that each holds
@@ -57,7 +57,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.executors.ray import Fragment, read_fragment, worker_copy
-from curate.executors.ray_dedup import slice_units
+from curate.executors.ray_dedup import by_problem, slice_units
 from curate.filters.dedup import CANDIDATE_SLACK, cosine_pairs
 from curate.similarity import BLOCK_BYTES
 
@@ -111,24 +111,24 @@ class EmbedActor:
             self.from_cache += stats.from_cache
             self.op.cache_stats = None
 
-    def embed(self, frag: Fragment) -> tuple[pl.DataFrame, tuple[np.ndarray, np.ndarray], int]:
-        """A slice's thin rows, its block (units, embeddings) and how many units it has."""
+    def embed(
+        self, frag: Fragment, *problems: pl.DataFrame
+    ) -> tuple[pl.DataFrame, tuple[np.ndarray, np.ndarray], int]:
+        """A slice's thin rows, its block (units, embeddings) and how many units it has
+        (`problems`: for problem units, the slice's pieces of ray_dedup's stage 0)."""
         frame = self._read(frag)
-        thin, units, texts = slice_units(frame, self.op.params.on, frag.first_row)
+        thin, units, texts = slice_units(
+            frame,
+            self.op.params.on,
+            frag.first_row,
+            list(problems) if by_problem(self.op) else None,
+        )
         if units.size == 0:  # nothing to embed: no model load just to learn the width
             return thin, (units, np.empty((0, 0), dtype=np.float32)), 0
         before = _models_loaded()
         emb = self.op._embeddings(texts)
         self._count(before)
         return thin, (units, emb), int(units.size)
-
-    def prepare(self, frag: Fragment) -> int:
-        """Problem units: embed the slice's texts into the cache (`Dedup.prepare`)."""
-        frame = self._read(frag)
-        before = _models_loaded()
-        self.op.prepare(frame)
-        self._count(before)
-        return frame.height
 
     def report(self) -> dict[str, Any]:
         import ray
@@ -227,14 +227,22 @@ class Embedded:
 
 
 def embed_slices(
-    ray: Any, operator: Dedup, frags: list[Fragment], *, options: dict[str, Any]
+    ray: Any,
+    operator: Dedup,
+    frags: list[Fragment],
+    *,
+    options: dict[str, Any],
+    problems: list[list[Any]] | None = None,
 ) -> Embedded:
-    """Row units: every slice's thin rows and embeddings, computed by the actor pool and left
-    in the object store."""
+    """Every slice's thin rows and embeddings, computed by the actor pool and left in the
+    object store (`problems`: per slice, its refs of ray_dedup's stage 0, for problem
+    units)."""
     actors, holds = start_actors(ray, operator, frags, options)
     try:
         refs = [
-            actors[k % len(actors)].embed.options(num_returns=3).remote(frag)
+            actors[k % len(actors)]
+            .embed.options(num_returns=3)
+            .remote(frag, *(problems[k] if problems is not None else []))
             for k, frag in enumerate(frags)
         ]
         counts = ray.get([r[2] for r in refs])
@@ -245,21 +253,6 @@ def embed_slices(
     finally:
         end_actors(ray, actors)  # what they returned stays in the object store
     return Embedded([r[0] for r in refs], [r[1] for r in refs], sum(counts), reports)
-
-
-def prepare_on_actors(
-    ray: Any, operator: Dedup, frags: list[Fragment], *, options: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Problem units: every slice's texts embedded into the step's cache by the actor pool."""
-    actors, holds = start_actors(ray, operator, frags, options)
-    try:
-        ray.get([actors[k % len(actors)].prepare.remote(frag) for k, frag in enumerate(frags)])
-        return summarize(ray, operator, actors, holds, len(frags))
-    except ray.exceptions.RayTaskError as exc:
-        _raise_cause(exc)
-        raise
-    finally:
-        end_actors(ray, actors)
 
 
 # --- search ----------------------------------------------------------------------------------
