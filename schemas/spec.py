@@ -298,7 +298,8 @@ class RoundsSpec(Strict):
 
 class ExecutorSpec(Strict):
     """Where the steps run: `local` (this process) or `ray` (a Ray cluster, `pip install
-    'curate[ray]'`). `curate build --executor/--address` override these."""
+    'curate[ray]'`). `curate build --executor`, `--address`, `--num-cpus`, `--memory-per-task`,
+    `--batch-rows` and `--sample-actors` override these."""
 
     kind: Literal["local", "ray"] = Field("local", description="local or ray")
     address: str | None = Field(

@@ -86,3 +86,33 @@ def test_a_failing_late_step_keeps_earlier_stages(write_spec: Callable[[str], Pa
     second = CliRunner().invoke(app, ["build", str(spec)])
     assert second.exit_code == 0, second.output
     assert "01-verify      reused" in second.output
+
+
+def test_executor_flags_override_the_spec_with_the_same_checks() -> None:
+    from curate.errors import SpecError
+    from curate.executors import executor_settings
+    from curate.schemas.spec import ExecutorSpec
+
+    spec = ExecutorSpec(kind="ray", num_cpus=4, sample_actors=3)
+    settings = executor_settings(spec, num_cpus=2, batch_rows=500)
+    assert (settings.kind, settings.num_cpus, settings.sample_actors) == ("ray", 2, 3)
+    assert settings.batch_rows == 500
+    # --executor local sets the spec's Ray-only settings aside ...
+    local = executor_settings(spec, kind="local")
+    assert (local.kind, local.num_cpus, local.sample_actors) == ("local", None, None)
+    # ... but a Ray-only flag given with it is an error, as the key would be
+    try:
+        executor_settings(spec, kind="local", num_cpus=2)
+    except SpecError as exc:
+        assert "num_cpus only apply to kind: ray" in str(exc)
+    else:
+        raise AssertionError("--num-cpus with --executor local was accepted")
+
+
+def test_a_bad_executor_flag_exits_2_naming_the_flag(write_spec: Callable[[str], Path]) -> None:
+    spec = write_spec("name: t\n" + QUICKSTART_INPUT + "steps: []\n")
+    result = CliRunner().invoke(app, ["build", str(spec), "--executor", "ray", "--num-cpus", "0"])
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "executor settings on the command line: --num-cpus: Input should be greater" in said
+    assert "building" not in said  # refused before anything started

@@ -40,6 +40,18 @@ def build(
         help="with --executor ray: the cluster to join ('auto' on a cluster node); none "
         "starts a local Ray",
     ),
+    num_cpus: int | None = typer.Option(
+        None, "--num-cpus", help="with --executor ray: CPUs of a local Ray started by the build"
+    ),
+    memory_per_task: int | None = typer.Option(
+        None, "--memory-per-task", help="with --executor ray: bytes of memory each task reserves"
+    ),
+    batch_rows: int | None = typer.Option(
+        None, "--batch-rows", help="rows per task of a batch step"
+    ),
+    sample_actors: int | None = typer.Option(
+        None, "--sample-actors", help="with --executor ray: actors a sample step sends from"
+    ),
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
@@ -58,12 +70,18 @@ def build(
 
         print_cost_plan(cost_plan(Build(loaded, force=force, refresh=refresh)), out)
         return
+    settings = executor_settings(
+        loaded.spec.executor,
+        kind=executor or None,
+        address=address or None,
+        num_cpus=num_cpus,
+        memory_per_task=memory_per_task,
+        batch_rows=batch_rows,
+        sample_actors=sample_actors,
+    )
     show_operator_logs()
     reporter = RichReporter(err)
     reporter.message(f"building [bold]{loaded.spec.name}[/bold] → {loaded.run_dir}")
-    settings = executor_settings(
-        loaded.spec.executor, kind=executor or None, address=address or None
-    )
     if settings.kind == "ray":
         reporter.message(f"executor: ray ({settings.address or 'a local Ray started here'})")
     build_ = Build(

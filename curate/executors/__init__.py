@@ -13,22 +13,46 @@ if TYPE_CHECKING:
     from curate.schemas.spec import ExecutorSpec
 
 
+RAY_ONLY = ("address", "num_cpus", "memory_per_task", "sample_actors")
+
+
 def executor_settings(
-    spec: ExecutorSpec, *, kind: str | None = None, address: str | None = None
+    spec: ExecutorSpec, *, kind: str | None = None, **flags: int | str | None
 ) -> ExecutorSettings:
-    """The spec's `executor:` with the command line's --executor / --address on top."""
+    """The spec's `executor:` with the command line on top: `kind` from --executor, `flags`
+    from --address, --num-cpus, --memory-per-task, --batch-rows and --sample-actors (None: not
+    given). The result is validated by the spec's own model, so a flag gets the same checks as
+    the key; choosing local on the command line sets aside the spec's Ray-only settings."""
+    from pydantic import ValidationError
+
+    from curate.errors import SpecError
+    from curate.schemas.spec import ExecutorSpec
+
     chosen = kind or spec.kind
     if chosen not in ("local", "ray"):
-        from curate.errors import SpecError
-
         raise SpecError(f"--executor: expected local or ray, got {chosen!r}")
+    merged = spec.model_dump(exclude_unset=True)
+    if chosen == "local":
+        merged = {k: v for k, v in merged.items() if k not in RAY_ONLY}
+    given = {k: v for k, v in flags.items() if v is not None}
+    unknown = set(given) - set(ExecutorSpec.model_fields)
+    if unknown:
+        raise TypeError(f"unknown executor setting(s): {', '.join(sorted(unknown))}")
+    try:
+        settings = ExecutorSpec.model_validate({**merged, **given, "kind": chosen})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        )
+        raise SpecError(f"executor settings on the command line: {problems}") from None
     return ExecutorSettings(
-        kind="ray" if chosen == "ray" else "local",
-        address=address or spec.address,
-        num_cpus=spec.num_cpus,
-        memory_per_task=spec.memory_per_task,
-        batch_rows=spec.batch_rows,
-        sample_actors=spec.sample_actors,
+        kind=settings.kind,
+        address=settings.address,
+        num_cpus=settings.num_cpus,
+        memory_per_task=settings.memory_per_task,
+        batch_rows=settings.batch_rows,
+        sample_actors=settings.sample_actors,
     )
 
 
