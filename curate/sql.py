@@ -5,7 +5,12 @@ a repeated operator gets `_2`, `_3`), `dropped` (every stage's dropped rows with
 drop_reason, drop_detail), `traces` (every row that entered the last stage's lineage: the pool
 plus everything dropped, with its fate), `problems` (one row per problem), `rejects` (bad input
 rows, when any were skipped) and one view per output (`sft`, `preference`). `view_statements`
-gives the same views as SQL text for plain DuckDB."""
+gives the same views as SQL text for plain DuckDB.
+
+A run directory on a filesystem URI (curate.storage) is read through that fsspec filesystem,
+registered with the connection (`register_filesystem`), so the views are the same; the
+statements then name the URIs, which plain DuckDB reads with its own extension (httpfs for
+s3://, ...)."""
 
 from __future__ import annotations
 
@@ -16,12 +21,13 @@ import duckdb
 from curate.engine import DROPPED_FILE, REJECTS_FILE
 from curate.run import Run, open_run
 from curate.schemas.pool import PROBLEM_LEVEL
+from curate.storage import AnyPath, is_remote
 
 # Every problem-level pool column but the id, in the pool's order.
 PROBLEM_COLUMNS = [c for c in PROBLEM_LEVEL if c != "problem_id"]
 
 
-def _quote(path: Path) -> str:
+def _quote(path: AnyPath) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
@@ -59,6 +65,9 @@ def connect_with_statements(
 ) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
     run = run_dir if isinstance(run_dir, Run) else open_run(run_dir)
     con = duckdb.connect()
+    if is_remote(run.root):
+        assert not isinstance(run.root, Path)
+        con.register_filesystem(run.root.fs)
     statements: list[str] = []
 
     def create(sql: str) -> None:
