@@ -195,3 +195,45 @@ def test_uri_of_a_filesystem_that_is_not_installed_names_its_package() -> None:
     assert "gs://bucket/runs/quickstart" in result.output and "gcsfs" in result.output
     with pytest.raises(RunDirError, match="no fsspec filesystem is known for nosuch://"):
         run_path("nosuch://x/y")
+
+
+@pytest.mark.slow
+def test_ray_build_writes_and_reads_its_parts_on_the_uri(
+    s3_env: dict[str, str], tmp_path: Path, quickstart_run: Path
+) -> None:
+    """`--executor ray` (a local Ray, 2 CPUs): tasks read their slices from the bucket and
+    write their parts there; the stages equal the local executor's, row for row."""
+    ray = pytest.importorskip("ray")  # the `ray` extra is installed in the dev environment
+    from curate.executors import ExecutorSettings, make_executor
+
+    # Workers reach the bucket with the same environment (and import tests/ for nothing).
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": dict(s3_env)},
+    )
+    try:
+        prefix = f"{BUCKET}/ray/quickstart"
+        spec = make_copy(tmp_path / "q", f"s3://{prefix}")
+        executor = make_executor(ExecutorSettings(kind="ray", batch_rows=150))
+        manifest = Build(load_spec(spec), executor=executor).run()
+    finally:
+        ray.shutdown()
+    ran_on = {s["stage_id"]: s.get("executor") for s in manifest["stages"]}
+    assert ran_on["01-verify"] == ran_on["03-grade"] == ran_on["05-dedup"] == "ray"
+    remote, local = open_run(f"s3://{prefix}"), open_run(quickstart_run)
+    assert remote.finished and not remote.missing
+    fs = fsspec.filesystem("s3")
+    fs.invalidate_cache()
+    verify_parts = fs.glob(f"{prefix}/stages/01-verify/part-*.parquet")
+    assert len(verify_parts) == 6  # one per 150-row slice of the 800 traces, from the tasks
+    assert not fs.exists(f"{prefix}/stages/01-verify/_scratch")
+    for stage in local.stages:
+        stage_id = stage["stage_id"]
+        assert read_parts(remote.stage_dir(stage_id)).equals(
+            read_parts(local.stage_dir(stage_id))
+        ), stage_id
+    theirs, mine = outputs(quickstart_run.parent.parent), outputs(spec.parent)
+    for kind, frame in theirs.items():
+        assert mine[kind].equals(frame), kind
