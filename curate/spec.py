@@ -234,6 +234,8 @@ def _describe(
     got = error.get("input")
     shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
     message = str(error["msg"]).replace("Value error, ", "")
+    if "password" in message:  # a value holding a secret is not shown back
+        return f"{file}:{line}:{col}: {field}: {message}"
     return f"{file}:{line}:{col}: {field}: {message} (got {shown})"
 
 

@@ -380,9 +380,15 @@ class Spec(Strict):
     @field_validator("run_dir")
     @classmethod
     def _file_uri(cls, value: str | None) -> str | None:
-        """`file://` URIs are paths; other URIs name an fsspec filesystem (curate.storage)."""
+        """`file://` URIs are paths; other URIs name an fsspec filesystem (curate.storage).
+        A password in the URI would reach the manifest and the logs, so it is refused."""
         if value is not None and re.match(r"^file://", value, re.IGNORECASE):
             return value[len("file://") :]
+        if value is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@", value):
+            raise ValueError(
+                "the URI holds a password; give credentials through the filesystem's own "
+                "configuration (environment variables, fsspec config files), not the spec"
+            )
         return value
 
     @field_validator("request_cache")

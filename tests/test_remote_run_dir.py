@@ -8,6 +8,7 @@ s3fs exactly as a real bucket would be, with the endpoint and credentials in the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -237,3 +238,33 @@ def test_ray_build_writes_and_reads_its_parts_on_the_uri(
     theirs, mine = outputs(quickstart_run.parent.parent), outputs(spec.parent)
     for kind, frame in theirs.items():
         assert mine[kind].equals(frame), kind
+
+
+def test_stats_read_the_uri(remote_run: Path, quickstart_run: Path) -> None:
+    """`curate stats` (and so `report`, which renders the same summary) over the URI."""
+    stats = CliRunner().invoke(app, ["stats", f"s3://{BUCKET}/built/quickstart", "-f", "json"])
+    assert stats.exit_code == 0, stats.output
+    local = CliRunner().invoke(app, ["stats", str(quickstart_run), "--format", "json"])
+    mine, theirs = json.loads(stats.stdout), json.loads(local.stdout)
+    for key in ("problems", "traces", "kept", "outputs", "drops", "pass_rates", "bands"):
+        assert mine[key] == theirs[key], key
+
+
+def test_remote_stage_is_uncommitted_before_it_is_rewritten() -> None:
+    """On a filesystem without rename (memory://), replacing a stage first removes its marker
+    and its old parts; a write that fails leaves nothing behind."""
+    from curate.parquet_io import atomic_dir, part_files, write_part
+    from curate.schemas.pool import POOL_SCHEMA
+
+    folder = run_path(f"memory://runs-{uuid.uuid4().hex[:6]}/stages/01-verify")
+    frame = pl.DataFrame({"problem_id": ["p1", "p2"]})
+    with atomic_dir(folder) as out:
+        for index in range(3):
+            write_part(out / f"part-{index:05d}.parquet", frame, metadata={}, schema=POOL_SCHEMA)
+        (out / "stage.json").write_text("{}")
+    assert len(part_files(folder)) == 3
+    with pytest.raises(RuntimeError), atomic_dir(folder) as out:
+        assert not (out / "stage.json").exists() and part_files(out) == []
+        write_part(out / "part-00000.parquet", frame, metadata={}, schema=POOL_SCHEMA)
+        raise RuntimeError("killed")
+    assert not folder.exists() or list(folder.iterdir()) == []

@@ -59,6 +59,8 @@ def test_run_dir_may_be_a_uri_and_the_request_cache_must_be_a_path(
     loaded = load_spec(write_spec(GOOD + f"run_dir: file://{tmp_path}/runs/t\n"))
     assert loaded.run_dir == tmp_path / "runs" / "t"
     assert loaded.local_dir == loaded.run_dir
+    message = errors_of(write_spec(GOOD + "run_dir: sftp://me:hunter2@host/runs/t\n"))
+    assert "run_dir: the URI holds a password" in message and "hunter2" not in message
 
 
 def test_run_dir_uri_without_its_filesystem_package_names_it(write_spec: WriteSpec) -> None:
