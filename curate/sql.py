@@ -8,15 +8,19 @@ rows, when any were skipped) and one view per output (`sft`, `preference`). `vie
 gives the same views as SQL text for plain DuckDB.
 
 A run directory on a filesystem URI (curate.storage) is read through that fsspec filesystem,
-registered with the connection (`register_filesystem`), so the views are the same; the
-statements then name the URIs, which plain DuckDB reads with its own extension (httpfs for
-s3://, ...)."""
+registered with the connection (`register_filesystem`) behind a block cache in a temporary
+folder (`read_cache`), so the views are the same and each block of a file is fetched once per
+connection (`curate stats` of the quickstart on an emulated S3: 14.9 s uncached, 4.6 s cached;
+0.4 s on a local disk). The statements name the URIs, which plain DuckDB reads with its own
+extension (httpfs for s3://, ...)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import duckdb
+from fsspec import AbstractFileSystem
 
 from curate.engine import DROPPED_FILE, REJECTS_FILE
 from curate.run import Run, open_run
@@ -25,6 +29,26 @@ from curate.storage import AnyPath, is_remote
 
 # Every problem-level pool column but the id, in the pool's order.
 PROBLEM_COLUMNS = [c for c in PROBLEM_LEVEL if c != "problem_id"]
+
+
+def read_cache(fs: AbstractFileSystem) -> AbstractFileSystem:
+    """`fs` behind a block cache in a temporary folder: every query of a connection re-reads
+    the views' Parquet files, and an object store answers each read in tens of milliseconds."""
+    import tempfile
+
+    from fsspec.implementations.cached import CachingFileSystem
+
+    class RunReadCache(CachingFileSystem):
+        protocol = fs.protocol  # DuckDB routes the run's URIs to it by protocol
+
+    folder = tempfile.TemporaryDirectory(prefix="curate-sql-")
+    cache = RunReadCache(fs=fs, cache_storage=folder.name, check_files=False, expiry_time=False)
+    cache._curate_folder = folder  # removed with the cache
+    # DuckDB asks each file's size and modification time on every open: ask the store once.
+    # (Files of a finished stage never change; a stage rewritten meanwhile is a new session.)
+    cache.info = functools.lru_cache(maxsize=None)(fs.info)
+    cache.modified = functools.lru_cache(maxsize=None)(fs.modified)
+    return cache
 
 
 def _quote(path: AnyPath) -> str:
@@ -67,7 +91,7 @@ def connect_with_statements(
     con = duckdb.connect()
     if is_remote(run.root):
         assert not isinstance(run.root, Path)
-        con.register_filesystem(run.root.fs)
+        con.register_filesystem(read_cache(run.root.fs))
     statements: list[str] = []
 
     def create(sql: str) -> None:

@@ -240,14 +240,20 @@ def test_ray_build_writes_and_reads_its_parts_on_the_uri(
         assert mine[kind].equals(frame), kind
 
 
-def test_stats_read_the_uri(remote_run: Path, quickstart_run: Path) -> None:
-    """`curate stats` (and so `report`, which renders the same summary) over the URI."""
-    stats = CliRunner().invoke(app, ["stats", f"s3://{BUCKET}/built/quickstart", "-f", "json"])
+def test_stats_and_report_read_the_uri(
+    remote_run: Path, quickstart_run: Path, tmp_path: Path
+) -> None:
+    uri = f"s3://{BUCKET}/built/quickstart"
+    stats = CliRunner().invoke(app, ["stats", uri, "--format", "json"])
     assert stats.exit_code == 0, stats.output
     local = CliRunner().invoke(app, ["stats", str(quickstart_run), "--format", "json"])
     mine, theirs = json.loads(stats.stdout), json.loads(local.stdout)
     for key in ("problems", "traces", "kept", "outputs", "drops", "pass_rates", "bands"):
         assert mine[key] == theirs[key], key
+    report = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", uri, "--output", str(report)])
+    assert result.exit_code == 0, result.output
+    assert uri in report.read_text()
 
 
 def test_remote_stage_is_uncommitted_before_it_is_rewritten() -> None:
