@@ -6,6 +6,11 @@ its operator, version and params with its input's fingerprint, so a re-run reuse
 whose fingerprint is unchanged and re-runs only the first changed one and those after it. A
 folder appears under its final name only when complete (see parquet_io.atomic_dir), so a build
 killed at any moment resumes from the last finished stage and never reads a half-written file.
+
+The run directory may be a local folder or any fsspec filesystem URI (curate.storage): on an
+object store a stage folder is committed by writing `stage.json` last (and removing it first
+when the stage is replaced), and the request cache, vector caches and build lock stay in a
+local folder beside the spec (`.curate/<name>/`), since SQLite and file locks need a local disk.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from curate.progress import SilentReporter
 from curate.schemas.pool import DROP_COLUMNS, POOL_SCHEMA
 from curate.spec import LoadedSpec, Step
 from curate.stats import StageStats
+from curate.storage import AnyPath, check_reachable, is_remote, make_dirs, write_text
 from curate.teachers.budget import Budget
 
 INPUT_STAGE = "00-input"
@@ -71,33 +77,32 @@ def new_run_id() -> str:
     return f"{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+def write_json_atomic(path: AnyPath, data: dict[str, Any]) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    root: Path
+    root: AnyPath
+    local: Path  # the run's local folder: the run directory itself, or .curate/<name>/
 
     @property
-    def stages(self) -> Path:
+    def stages(self) -> AnyPath:
         return self.root / "stages"
 
-    def stage(self, stage_id: str) -> Path:
+    def stage(self, stage_id: str) -> AnyPath:
         return self.stages / stage_id
 
     @property
     def cache(self) -> Path:
-        return self.root / "cache"
+        return self.local / "cache"
 
     @property
-    def manifest(self) -> Path:
+    def manifest(self) -> AnyPath:
         return self.root / MANIFEST_FILE
 
 
-def read_stage_record(folder: Path) -> dict[str, Any] | None:
+def read_stage_record(folder: AnyPath) -> dict[str, Any] | None:
     try:
         record: dict[str, Any] = json.loads((folder / STAGE_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -106,13 +111,17 @@ def read_stage_record(folder: Path) -> dict[str, Any] | None:
 
 
 @contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as handle:
+def _locked(paths: RunPaths) -> Iterator[None]:
+    """One build at a time per run directory: a file lock in its local folder (a remote run
+    directory is locked against builds from this machine only)."""
+    check_reachable(paths.root)
+    make_dirs(paths.root)
+    paths.local.mkdir(parents=True, exist_ok=True)
+    with open(paths.local / ".lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunDirError(f"{root}: another build is using this run directory") from None
+            raise RunDirError(f"{paths.root}: another build is using this run directory") from None
         yield
 
 
@@ -133,7 +142,7 @@ class Build:
         self.reporter = reporter or SilentReporter()
         self.force = force
         self.refresh = refresh  # ask teachers again, ignoring (and overwriting) cached answers
-        self.paths = RunPaths(loaded.run_dir)
+        self.paths = RunPaths(loaded.run_dir, loaded.local_dir)
         self.run_id = new_run_id()
         self.workers = workers or loaded.spec.workers or max(1, os.cpu_count() or 1)
         self.budget = Budget(loaded.spec.budget_usd)
@@ -151,7 +160,7 @@ class Build:
     def request_cache(self) -> Path:
         """The SQLite file of teacher answers (see curate.teachers.cache)."""
         named = self.loaded.spec.request_cache
-        return self.loaded.resolve(named) if named else self.paths.root / REQUEST_CACHE
+        return self.loaded.resolve(named) if named else self.paths.local / REQUEST_CACHE
 
     def lineage(self, stage_id: str, stage_fingerprint: str) -> dict[str, str]:
         return {
@@ -196,7 +205,12 @@ class Build:
         from curate.export import export_outputs
         from curate.manifest import build_manifest
 
-        with _locked(self.paths.root):
+        with _locked(self.paths):
+            if is_remote(self.paths.root):
+                self.reporter.message(
+                    f"run directory {self.paths.root} is remote: the request cache, vector "
+                    f"caches and build lock are kept locally in {self.paths.local}"
+                )
             left = clean_leftovers(self.paths.stages)
             if left:
                 self.reporter.message(
@@ -209,7 +223,7 @@ class Build:
             outputs = export_outputs(self, records)
             manifest = build_manifest(self, records, outputs)
             write_json_atomic(self.paths.manifest, manifest)
-            (self.paths.root / "spec.yaml").write_text(self.loaded.text)
+            write_text(self.paths.root / "spec.yaml", self.loaded.text)
             for output in outputs.values():
                 write_json_atomic(Path(output["path"]) / MANIFEST_FILE, manifest)
             self.reporter.funnel(records, outputs)
@@ -218,7 +232,7 @@ class Build:
     # --- stages -------------------------------------------------------------------------
 
     def _reusable(
-        self, folder: Path, stage_fingerprint: str, operator: Operator | None = None
+        self, folder: AnyPath, stage_fingerprint: str, operator: Operator | None = None
     ) -> dict[str, Any] | None:
         if self.force:
             return None
@@ -287,7 +301,7 @@ class Build:
                 "stats": stats.to_json(),
                 "run_id": self.run_id,
             }
-            (tmp / STAGE_FILE).write_text(json.dumps(record, indent=2))
+            (tmp / STAGE_FILE).write_text(json.dumps(record, indent=2))  # last: the marker
         if result.rejects.height:
             self.reporter.message(
                 f"[yellow]skipped {result.rejects.height:,} bad row(s) of {result.path.name}; "
@@ -379,7 +393,7 @@ class Build:
             record.update(extra)
             if stopped is not None:
                 record["complete"] = False
-            (tmp / STAGE_FILE).write_text(json.dumps(record, indent=2))
+            (tmp / STAGE_FILE).write_text(json.dumps(record, indent=2))  # last: the marker
         if stopped is not None:
             raise stopped
         return self._ran(record)

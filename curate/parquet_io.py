@@ -1,7 +1,9 @@
 """Parquet in and out of the run directory. Frames are cast to the pool's declared Arrow types
 (one source of truth: curate.schemas.pool), every file carries lineage in its key-value metadata,
 and a folder of files only appears under its final name once it is complete (written under a
-temporary name, then renamed), so a killed build never leaves a half-written file to be read."""
+temporary name, then renamed), so a killed build never leaves a half-written file to be read.
+A folder on an object store, which cannot rename, is committed by its marker file instead (see
+`atomic_dir` and curate.storage); every path here may be local or remote (`storage.AnyPath`)."""
 
 from __future__ import annotations
 
@@ -17,9 +19,17 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.schemas.pool import POOL_SCHEMA
+from curate.storage import (
+    AnyPath,
+    glob,
+    is_remote,
+    make_dirs,
+    parquet_file,
+    remove_tree,
+    write_parquet,
+)
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
@@ -59,14 +69,17 @@ def lineage_metadata(values: Mapping[str, str]) -> dict[bytes, bytes]:
 PART_BYTES = 32 << 20
 
 
-def _write_file(path: Path, table: pa.Table) -> None:
-    pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+# The files that say a folder is complete: a stage's record, an export's manifest. On an object
+# store they are written last and removed first (see atomic_dir).
+COMMIT_MARKERS = ("stage.json", "manifest.json")
+
+
+def _write_file(path: AnyPath, table: pa.Table) -> None:
+    write_parquet(path, table, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
 def write_part(
-    path: Path, frame: pl.DataFrame, *, metadata: Mapping[str, str], schema: pa.Schema
+    path: AnyPath, frame: pl.DataFrame, *, metadata: Mapping[str, str], schema: pa.Schema
 ) -> None:
     """One frame as one Parquet file at `path`, cast to `schema`'s declared types."""
     write_table(path, to_arrow(frame, schema), metadata=metadata)
@@ -83,7 +96,7 @@ class PartWriter:
 
     def __init__(
         self,
-        folder: Path,
+        folder: AnyPath,
         *,
         metadata: Mapping[str, str],
         schema: pa.Schema,
@@ -163,15 +176,31 @@ class PartWriter:
         return self.rows
 
 
-def write_table(path: Path, table: pa.Table, *, metadata: Mapping[str, str]) -> None:
+def write_table(path: AnyPath, table: pa.Table, *, metadata: Mapping[str, str]) -> None:
     """`table` as one Parquet file at `path`, with lineage in its key-value metadata."""
     merged = {**(table.schema.metadata or {}), **lineage_metadata(metadata)}
     _write_file(path, table.replace_schema_metadata(merged))
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename."""
+def atomic_dir(final: AnyPath) -> Iterator[AnyPath]:
+    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename.
+
+    On a remote filesystem (no atomic rename) the old folder is removed, its commit marker
+    first, and `final` itself is yielded: the caller writes its commit marker (COMMIT_MARKERS)
+    last, so until then no reader takes the folder for complete; on an error what was written
+    is removed."""
+    if is_remote(final):
+        remove_tree(final, first=COMMIT_MARKERS)
+        make_dirs(final)
+        try:
+            yield final
+        except BaseException:
+            with contextlib.suppress(Exception):
+                remove_tree(final, first=COMMIT_MARKERS)
+            raise
+        return
+    assert isinstance(final, Path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f"{TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -191,9 +220,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def clean_leftovers(folder: Path) -> int:
-    """Remove temporary folders a killed build left behind; returns how many."""
-    if not folder.exists():
+def clean_leftovers(folder: AnyPath) -> int:
+    """Remove temporary folders a killed build left behind; returns how many. (A remote
+    build leaves none: an unfinished remote stage has no marker and is replaced when
+    written again.)"""
+    if not isinstance(folder, Path) or not folder.exists():
         return 0
     removed = 0
     for child in folder.iterdir():
@@ -211,24 +242,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def part_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("part-*.parquet"))
+def part_files(folder: AnyPath) -> list[AnyPath]:
+    if is_remote(folder):  # parts may come from other processes (Ray tasks): list afresh
+        assert not isinstance(folder, Path)
+        folder.fs.invalidate_cache(folder.path)
+    return glob(folder, "part-*.parquet")
 
 
-def read_parts(folder: Path) -> pl.DataFrame:
+def read_parts(folder: AnyPath) -> pl.DataFrame:
     files = part_files(folder)
     if not files:
         return pl.DataFrame()
-    return pl.read_parquet(files)
+    if not is_remote(folder):
+        return pl.read_parquet(files)  # type: ignore[arg-type]
+    frames = [frame_of(parquet_file(f).read()) for f in files]
+    return pl.concat(frames, how="vertical")
 
 
-def iter_batches(folder: Path, *, batch_rows: int) -> Iterator[pl.DataFrame]:
+def frame_of(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def iter_batches(folder: AnyPath, *, batch_rows: int) -> Iterator[pl.DataFrame]:
     """Stream a stage's rows in batches without loading the whole stage."""
     for file in part_files(folder):
-        parquet = pq.ParquetFile(file)
+        parquet = parquet_file(file)
         for batch in parquet.iter_batches(batch_size=batch_rows):
             yield pl.from_arrow(pa.Table.from_batches([batch]))  # type: ignore[misc]
 
 
-def count_rows(folder: Path) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in part_files(folder))
+def count_rows(folder: AnyPath) -> int:
+    return sum(parquet_file(f).metadata.num_rows for f in part_files(folder))

@@ -22,6 +22,8 @@ from curate.card import card_text
 from curate.engine import MANIFEST_FILE
 from curate.errors import PublishError, RunDirError
 from curate.run import open_run
+from curate.storage import AnyPath, is_uri
+from curate.storage import run_path as run_path_of
 from curate.summary import summarize
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -35,7 +37,7 @@ class Source:
 
     manifest: dict[str, Any]
     outputs: dict[str, Path]  # kind -> folder with the Parquet shards
-    run_dir: Path
+    run_dir: AnyPath
     spec_text: str
 
 
@@ -90,8 +92,9 @@ def locate(out_dir: str | Path, run_dir: str | Path | None = None) -> Source:
         raise PublishError(f"{out_dir}: the build wrote no outputs (the spec has no `outputs`)")
     spec = manifest["spec"]
     spec_dir = Path(manifest["spec_path"]).parent
-    default_run = spec_dir / (spec.get("run_dir") or f"runs/{spec['name']}")
-    run_path = Path(run_dir).expanduser().resolve() if run_dir else default_run
+    named = spec.get("run_dir") or f"runs/{spec['name']}"
+    default_run = run_path_of(named) if is_uri(named) else spec_dir / named
+    run_path = run_path_of(run_dir) if run_dir else default_run
     if not (run_path / MANIFEST_FILE).is_file():
         raise RunDirError(
             f"{run_path}: the run directory of these outputs is not there (the card's statistics "

@@ -8,21 +8,24 @@ present only when its folder is complete, was made by the planned operator, vers
 params, and read the stage before it (its `input_fingerprint`); the first stage that fails
 this and every stage after it are missing. So a build killed in its third stage shows its first
 two, and a stale folder left by an older build with other params is never shown as current.
+
+A run directory may be a local path or a filesystem URI (curate.storage); a stage counts only
+with its `stage.json`, which a remote build writes last, so the same walk holds there.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from curate.engine import MANIFEST_FILE, PLAN_FILE, read_stage_record
 from curate.errors import RunDirError
 from curate.parquet_io import part_files
+from curate.storage import AnyPath, glob, run_path
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: AnyPath) -> dict[str, Any] | None:
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
@@ -36,7 +39,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 class Run:
     """A run directory as its readers see it."""
 
-    root: Path
+    root: AnyPath
     name: str
     run_id: str | None
     finished: bool
@@ -45,7 +48,7 @@ class Run:
     manifest: dict[str, Any] | None = None  # the finished build's manifest
     outputs: dict[str, Any] = field(default_factory=dict)  # the finished build's exports
 
-    def stage_dir(self, stage_id: str) -> Path:
+    def stage_dir(self, stage_id: str) -> AnyPath:
         return self.root / "stages" / stage_id
 
     def status_line(self) -> str | None:
@@ -65,10 +68,14 @@ class Run:
         )
 
 
-def open_run(run_dir: str | Path) -> Run:
+def open_run(run_dir: str | AnyPath) -> Run:
     """Read a run directory; RunDirError when it does not exist or holds no finished stage."""
-    root = Path(run_dir).expanduser().resolve()
-    if not root.is_dir():
+    root = run_path(run_dir)
+    try:
+        exists = root.is_dir()
+    except Exception as exc:
+        raise RunDirError(f"{run_dir}: cannot read this run directory ({exc})") from None
+    if not exists:
         raise RunDirError(f"{run_dir}: no such run directory")
     manifest = _read_json(root / MANIFEST_FILE)
     plan = _read_json(root / PLAN_FILE)
@@ -98,7 +105,9 @@ def open_run(run_dir: str | Path) -> Run:
     return run
 
 
-def _walk_plan(root: Path, planned: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+def _walk_plan(
+    root: AnyPath, planned: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str]]:
     present: list[dict[str, Any]] = []
     for index, stage in enumerate(planned):
         folder = root / "stages" / stage["stage_id"]
@@ -116,10 +125,10 @@ def _walk_plan(root: Path, planned: list[dict[str, Any]]) -> tuple[list[dict[str
     return present, []
 
 
-def _walk_folders(root: Path) -> list[dict[str, Any]]:
+def _walk_folders(root: AnyPath) -> list[dict[str, Any]]:
     """Without a plan: the complete stage folders, in order, as long as each read the last."""
     present: list[dict[str, Any]] = []
-    folders = sorted((root / "stages").glob("[0-9][0-9]-*")) if (root / "stages").is_dir() else []
+    folders = glob(root / "stages", "[0-9][0-9]-*") if (root / "stages").is_dir() else []
     for folder in folders:
         record = read_stage_record(folder)
         if record is None or not part_files(folder):

@@ -18,6 +18,7 @@ from curate.errors import SpecError
 from curate.operators import Operator, Params, params_json
 from curate.registry import closest_name, get_operator, operator_names
 from curate.schemas.spec import ROUNDS, RoundsSpec, Spec
+from curate.storage import AnyPath, is_uri, local_state_dir, run_path
 
 Loc = tuple[str | int, ...]
 
@@ -64,8 +65,19 @@ class LoadedSpec:
         return candidate if candidate.is_absolute() else (self.base_dir / candidate).resolve()
 
     @property
-    def run_dir(self) -> Path:
-        return self.resolve(self.spec.run_dir or f"runs/{self.spec.name}")
+    def run_dir(self) -> AnyPath:
+        """A local folder, resolved beside the spec, or a filesystem URI (curate.storage)."""
+        named = self.spec.run_dir or f"runs/{self.spec.name}"
+        return run_path(named) if is_uri(named) else self.resolve(named)
+
+    @property
+    def local_dir(self) -> Path:
+        """The run's local folder (request cache, vector caches, lock): the run directory
+        itself, or `.curate/<name>/` beside the spec when the run directory is remote."""
+        root = self.run_dir
+        if isinstance(root, Path):
+            return root
+        return local_state_dir(self.base_dir, self.spec.name)
 
     def step_named(self, name: str) -> Step:
         """A step by stage id ('03-select') or by operator name when that name is unique."""
@@ -222,6 +234,8 @@ def _describe(
     got = error.get("input")
     shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
     message = str(error["msg"]).replace("Value error, ", "")
+    if "password" in message:  # a value holding a secret is not shown back
+        return f"{file}:{line}:{col}: {field}: {message}"
     return f"{file}:{line}:{col}: {field}: {message} (got {shown})"
 
 

@@ -344,7 +344,12 @@ class Spec(Strict):
         description="licence of the data, as a Hub licence id (mit, apache-2.0, cc-by-4.0, "
         "other, …); `curate publish` requires it",
     )
-    run_dir: str | None = Field(None, description="default: runs/<name> beside the spec")
+    run_dir: str | None = Field(
+        None,
+        description="where stages, dropped rows and the manifest go: a path (default: "
+        "runs/<name> beside the spec) or a filesystem URI every worker can reach (s3://, "
+        "gs://, az://, ... with its fsspec package installed, e.g. the `remote` extra for s3)",
+    )
     workers: int | None = Field(None, ge=1, description="processes for CPU-bound steps")
     input: InputSpec = Field(description="the problems, or traces made elsewhere")
     steps: list[dict[str, Any]] = Field(
@@ -368,14 +373,31 @@ class Spec(Strict):
         default=ExecutorSpec(), description="where the steps run: local or a Ray cluster"
     )
     request_cache: str | None = Field(
-        None, description="SQLite file of teacher answers (default: <run_dir>/requests.sqlite)"
+        None,
+        description="SQLite file of teacher answers (default: <run_dir>/requests.sqlite; "
+        ".curate/<name>/requests.sqlite beside the spec when run_dir is a URI)",
     )
 
-    @field_validator("run_dir", "request_cache")
+    @field_validator("run_dir")
+    @classmethod
+    def _file_uri(cls, value: str | None) -> str | None:
+        """`file://` URIs are paths; other URIs name an fsspec filesystem (curate.storage).
+        A password in the URI would reach the manifest and the logs, so it is refused."""
+        if value is not None and re.match(r"^file://", value, re.IGNORECASE):
+            return value[len("file://") :]
+        if value is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@", value):
+            raise ValueError(
+                "the URI holds a password; give credentials through the filesystem's own "
+                "configuration (environment variables, fsspec config files), not the spec"
+            )
+        return value
+
+    @field_validator("request_cache")
     @classmethod
     def _local_path(cls, value: str | None) -> str | None:
-        """Run directories are filesystem paths; a URI would silently become a local folder
-        named after it ('s3:/bucket/...'), so it is refused. `file://` URIs are paths."""
+        """The request cache is SQLite, which needs a local disk; a URI would silently become
+        a local folder named after it ('s3:/bucket/...'), so it is refused. `file://` URIs
+        are paths."""
         if value is None:
             return None
         scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
@@ -384,9 +406,8 @@ class Spec(Strict):
         if scheme.group(1).lower() == "file":
             return value[len("file://") :]
         raise ValueError(
-            f"object-store and other URIs ({scheme.group(1)}://) are not supported; "
-            "give a filesystem path every worker can reach (local disk, NFS, or a bucket "
-            "mounted with s3fs, gcsfuse or similar)"
+            f"object-store and other URIs ({scheme.group(1)}://) are not supported: the "
+            "request cache is a SQLite file and needs a local (or NFS) path"
         )
 
     @model_validator(mode="after")

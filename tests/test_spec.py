@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curate.cli.main import app
-from curate.errors import SpecError
+from curate.errors import RunDirError, SpecError
 from curate.spec import load_spec
 from tests.conftest import QUICKSTART, QUICKSTART_INPUT
 
@@ -44,16 +44,36 @@ def test_good_spec_loads_and_resolves_paths(write_spec: WriteSpec) -> None:
     assert loaded.run_dir == path.parent / "runs" / "t"
 
 
-def test_run_dir_must_be_a_path_not_an_object_store_uri(
+def test_run_dir_may_be_a_uri_and_the_request_cache_must_be_a_path(
     write_spec: WriteSpec, tmp_path: Path
 ) -> None:
-    """A URI would otherwise become a local folder named 's3:/bucket/...'."""
-    message = errors_of(write_spec(GOOD + "run_dir: s3://bucket/runs/t\n"))
+    """run_dir names any fsspec filesystem; the SQLite request cache must stay local (a URI
+    would otherwise become a local folder named 's3:/bucket/...')."""
+    loaded = load_spec(write_spec(GOOD + "run_dir: memory://bucket/runs/t\n"))
+    assert str(loaded.run_dir) == "memory://bucket/runs/t"
+    assert loaded.local_dir == loaded.base_dir / ".curate" / loaded.spec.name
+    message = errors_of(write_spec(GOOD + "request_cache: s3://bucket/requests.sqlite\n"))
     line = GOOD.count("\n") + 1
-    assert f"spec.yaml:{line}:10: run_dir: object-store" in message
-    assert "s3://" in message and "mounted" in message
+    assert f"spec.yaml:{line}:16: request_cache: object-store" in message
+    assert "s3://" in message and "SQLite" in message
     loaded = load_spec(write_spec(GOOD + f"run_dir: file://{tmp_path}/runs/t\n"))
     assert loaded.run_dir == tmp_path / "runs" / "t"
+    assert loaded.local_dir == loaded.run_dir
+    message = errors_of(write_spec(GOOD + "run_dir: sftp://me:hunter2@host/runs/t\n"))
+    assert "run_dir: the URI holds a password" in message and "hunter2" not in message
+
+
+def test_run_dir_uri_without_its_filesystem_package_names_it(write_spec: WriteSpec) -> None:
+    loaded = load_spec(write_spec(GOOD + "run_dir: gs://bucket/runs/t\n"))
+    with pytest.raises(
+        RunDirError,
+        match=r"gs://bucket/runs/t: the gs:// filesystem is not "
+        r"installed \(.*gcsfs",
+    ):
+        _ = loaded.run_dir
+    loaded = load_spec(write_spec(GOOD + "run_dir: nosuchfs://bucket/runs/t\n"))
+    with pytest.raises(RunDirError, match="no fsspec filesystem is known for nosuchfs://"):
+        _ = loaded.run_dir
 
 
 def test_quickstart_spec_is_valid() -> None:

@@ -14,7 +14,9 @@ from rich.table import Table
 from curate.cli.common import err, handle_errors, out
 from curate.summary import Lengths, Summary
 
-RUN_DIR = typer.Argument(..., help="a run directory (runs/<name> beside the spec)")
+RUN_DIR = typer.Argument(
+    ..., help="a run directory: runs/<name> beside the spec, or its URI (s3://bucket/runs/<name>)"
+)
 
 
 class StatsFormat(str, Enum):
@@ -222,7 +224,7 @@ def print_teachers(console: Console, s: Summary) -> None:
 
 @handle_errors
 def stats(
-    run_dir: Path = RUN_DIR,
+    run_dir: str = RUN_DIR,
     format: StatsFormat = typer.Option(StatsFormat.table, "--format", "-f", help="table or json"),
 ) -> None:
     """Summarize a run: funnel, drops, pass rates, bands, teachers side by side, dedup, exports.
@@ -241,7 +243,7 @@ def stats(
 
 @handle_errors
 def report(
-    run_dir: Path = RUN_DIR,
+    run_dir: str = RUN_DIR,
     output: Path = typer.Option(
         Path("report.html"), "--output", "-o", help="the HTML file to write"
     ),

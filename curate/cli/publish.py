@@ -26,8 +26,10 @@ def publish(
     folder: Path = typer.Option(
         None, "--folder", help="where the Hub folder is written (default: OUT_DIR/../hub/ORG/NAME)"
     ),
-    run: Path = typer.Option(
-        None, "--run", help="the run directory, when it is not where the manifest says"
+    run: str = typer.Option(
+        None,
+        "--run",
+        help="the run directory (a path or URI) when it is not where the manifest says",
     ),
 ) -> None:
     """Publish the SFT and preference sets to the Hugging Face Hub with a dataset card."""

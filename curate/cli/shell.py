@@ -191,7 +191,10 @@ def _run_pipe(session: Session, stream: TextIO) -> None:
 
 @handle_errors
 def shell(
-    run_dir: Path = typer.Argument(..., help="a run directory (runs/<name> beside the spec)"),
+    run_dir: str = typer.Argument(
+        ...,
+        help="a run directory: runs/<name> beside the spec, or its URI (s3://bucket/runs/<name>)",
+    ),
     history: Path = typer.Option(
         None,
         "--history",

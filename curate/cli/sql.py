@@ -14,7 +14,10 @@ from curate.errors import CurateError
 
 @handle_errors
 def sql(
-    run_dir: Path = typer.Argument(..., help="a run directory (runs/<name> beside the spec)"),
+    run_dir: str = typer.Argument(
+        ...,
+        help="a run directory: runs/<name> beside the spec, or its URI (s3://bucket/runs/<name>)",
+    ),
     query: str = typer.Argument(
         None, help="SQL over the views: pool, problems, traces, dropped, stage_<op>, sft, …"
     ),

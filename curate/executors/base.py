@@ -6,7 +6,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -14,6 +13,7 @@ import polars as pl
 from curate.operators import DROP_REASON, Operator, OpResult, StageIncomplete
 from curate.progress import SilentReporter
 from curate.stats import StageStats
+from curate.storage import AnyPath
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,8 +51,8 @@ class Executor(ABC):
         self,
         operator: Operator,
         *,
-        source: Path,
-        out: Path,
+        source: AnyPath,
+        out: AnyPath,
         metadata: dict[str, str],
         reporter: SilentReporter,
     ) -> StageRun: ...

@@ -4,7 +4,6 @@ hands a global step the whole pool."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import polars as pl
 
@@ -13,6 +12,7 @@ from curate.operators import Operator, Scope, StageIncomplete
 from curate.parquet_io import PartWriter, iter_batches, read_parts
 from curate.progress import SilentReporter
 from curate.schemas.pool import POOL_SCHEMA
+from curate.storage import AnyPath
 
 BATCH_ROWS = 20_000
 
@@ -27,8 +27,8 @@ class LocalExecutor(Executor):
         self,
         operator: Operator,
         *,
-        source: Path,
-        out: Path,
+        source: AnyPath,
+        out: AnyPath,
         metadata: dict[str, str],
         reporter: SilentReporter,
     ) -> StageRun:

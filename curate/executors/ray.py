@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import socket
 import time
 from collections import Counter
@@ -44,23 +43,33 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
+from upath import UPath
 
 from curate.errors import ExecutorError, MissingDependencyError
 from curate.executors.base import Executor, ExecutorSettings, StageRun, batch_stats
 from curate.executors.local import LocalExecutor
 from curate.operators import DROP_DETAIL, DROP_REASON, Distribution, Operator
-from curate.parquet_io import part_files, write_part
+from curate.parquet_io import frame_of, part_files, write_part
 from curate.progress import SilentReporter
 from curate.schemas.pool import POOL_SCHEMA
 from curate.stats import StageStats
+from curate.storage import (
+    AnyPath,
+    glob,
+    make_dirs,
+    parquet_file,
+    read_table,
+    remove_file,
+    remove_tree,
+    write_parquet,
+)
 
 logger = logging.getLogger(__name__)
 
 ROW = "__curate_row"  # global row number of a row in the stage being read
 FRAGMENT = "__curate_fragment"
 PARTITION = "__curate_partition"
-SCRATCH = "_scratch"  # under the stage's temporary folder; removed before it is renamed
+SCRATCH = "_scratch"  # under the stage's folder (temporary, or remote): removed before commit
 
 
 def import_ray() -> Any:
@@ -98,20 +107,21 @@ class Fragment:
     """Rows start..stop-1 of one part file; `first_row` is its first row's number in the pool."""
 
     index: int
-    file: str
+    file: str | UPath  # a local file's path, or a remote one (tasks open it there)
     start: int
     stop: int
     first_row: int
 
 
-def fragments(source: Path, batch_rows: int) -> list[Fragment]:
+def fragments(source: AnyPath, batch_rows: int) -> list[Fragment]:
     out: list[Fragment] = []
     row = 0
     for file in part_files(source):
-        rows = pq.ParquetFile(file).metadata.num_rows
+        rows = parquet_file(file).metadata.num_rows
         for start in range(0, max(rows, 1), batch_rows):
             stop = min(rows, start + batch_rows)
-            out.append(Fragment(len(out), str(file), start, stop, row + start))
+            name = str(file) if isinstance(file, Path) else file
+            out.append(Fragment(len(out), name, start, stop, row + start))
         row += rows
     return out
 
@@ -119,7 +129,7 @@ def fragments(source: Path, batch_rows: int) -> list[Fragment]:
 def read_fragment(fragment: Fragment, columns: list[str] | None = None) -> pl.DataFrame:
     """The fragment's rows (all columns, or `columns`), reading only the row groups that hold
     them."""
-    parquet = pq.ParquetFile(fragment.file)
+    parquet = parquet_file(fragment.file)
     groups, offset, first = [], 0, None
     for g in range(parquet.metadata.num_row_groups):
         rows = parquet.metadata.row_group(g).num_rows
@@ -223,8 +233,8 @@ class RayExecutor(Executor):
         self,
         operator: Operator,
         *,
-        source: Path,
-        out: Path,
+        source: AnyPath,
+        out: AnyPath,
         metadata: dict[str, str],
         reporter: SilentReporter,
     ) -> StageRun:
@@ -249,7 +259,7 @@ class RayExecutor(Executor):
         except self.ray.exceptions.RayError as exc:
             raise ExecutorError(f"{step} failed on Ray: {exc}") from None
         finally:
-            shutil.rmtree(out / SCRATCH, ignore_errors=True)
+            remove_tree(out / SCRATCH)
         return LocalExecutor(batch_rows=self.settings.batch_rows).run_stage(
             operator, source=source, out=out, metadata=metadata, reporter=reporter
         )
@@ -258,21 +268,23 @@ class RayExecutor(Executor):
         self,
         operator: Operator,
         frags: list[Fragment],
-        out: Path,
+        out: AnyPath,
         metadata: dict[str, str],
         reporter: SilentReporter,
     ) -> StageRun:
         """Batch scope: each task runs the step on one fragment and writes its part."""
         worker = worker_copy(operator)
         scratch = out / SCRATCH
-        scratch.mkdir()
+        make_dirs(scratch)
 
         def task(frag: Fragment) -> dict[str, Any]:
             frame = read_fragment(frag)
             result = worker.run(frame)
             _write_part(out / f"part-{frag.index:05d}.parquet", result.kept, metadata)
             if result.dropped.height:
-                result.dropped.write_parquet(scratch / f"dropped-{frag.index:05d}.parquet")
+                write_parquet(
+                    scratch / f"dropped-{frag.index:05d}.parquet", result.dropped.to_arrow()
+                )
             return {k: v[0] for k, v in _stats_row(batch_stats(frame.height, result)).items()}
 
         remote = self.ray.remote(**self._task_options())(task)
@@ -283,7 +295,7 @@ class RayExecutor(Executor):
         self,
         operator: Operator,
         frags: list[Fragment],
-        out: Path,
+        out: AnyPath,
         metadata: dict[str, str],
         reporter: SilentReporter,
     ) -> StageRun:
@@ -351,7 +363,7 @@ class RayExecutor(Executor):
         self,
         operator: Operator,
         frags: list[Fragment],
-        out: Path,
+        out: AnyPath,
         metadata: dict[str, str],
         reporter: SilentReporter,
     ) -> StageRun:
@@ -362,7 +374,7 @@ class RayExecutor(Executor):
         ray = self.ray
         # The checks `run` makes, with the same errors, on the stage's columns.
         empty: pl.DataFrame = pl.from_arrow(  # type: ignore[assignment]
-            pq.ParquetFile(frags[0].file).schema_arrow.empty_table()
+            parquet_file(frags[0].file).schema_arrow.empty_table()
         )
         missing = [c for c in operator.requires if c not in empty.columns]
         if missing:
@@ -403,7 +415,7 @@ class RayExecutor(Executor):
     def _finish(
         self,
         rows: list[dict[str, Any]],
-        out: Path,
+        out: AnyPath,
         metadata: dict[str, str],
         reporter: SilentReporter,
         order_by: str | None = None,
@@ -411,16 +423,19 @@ class RayExecutor(Executor):
         """Sum the tasks' stats, collect the dropped rows, make the parts one schema."""
         run = StageRun(stats=_sum_stats(rows))
         scratch = out / SCRATCH
-        dropped_files = sorted(scratch.glob("dropped-*.parquet"))
+        dropped_files = glob(scratch, "dropped-*.parquet")
         if dropped_files:
-            dropped = pl.concat([pl.read_parquet(f) for f in dropped_files], how="diagonal_relaxed")
+            dropped = pl.concat(
+                [frame_of(read_table(f)) for f in dropped_files],
+                how="diagonal_relaxed",
+            )
             if order_by is not None:
                 dropped = dropped.sort(order_by).drop(order_by, FRAGMENT)
             run.dropped.append(dropped)
             if not part_files(out):  # every row dropped: an empty part with the pool's columns
                 drop = [c for c in (DROP_REASON, DROP_DETAIL) if c in dropped.columns]
                 _write_part(out / "part-00000.parquet", dropped.clear().drop(drop), metadata)
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
         unify_parts(out, metadata)
         reporter.advance(run.stats.rows_in)
         return run
@@ -443,11 +458,11 @@ def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
     return pl.concat(full, how="diagonal_relaxed") if len(full) > 1 else full[0]
 
 
-def _write_part(path: Path, frame: pl.DataFrame, metadata: dict[str, str]) -> None:
+def _write_part(path: AnyPath, frame: pl.DataFrame, metadata: dict[str, str]) -> None:
     write_part(path, frame, metadata=metadata, schema=POOL_SCHEMA)
 
 
-def unify_parts(out: Path, metadata: dict[str, str]) -> None:
+def unify_parts(out: AnyPath, metadata: dict[str, str]) -> None:
     """Parts written by different tasks must read as one table: drop empty parts when some part
     has rows (keeping one when none has), then rewrite parts whose schema differs from the
     unified one (a column that was all null in one slice, for example)."""
@@ -455,24 +470,24 @@ def unify_parts(out: Path, metadata: dict[str, str]) -> None:
     if not files:
         _write_part(out / "part-00000.parquet", pl.DataFrame(), metadata)
         return
-    sizes = {f: pq.ParquetFile(f).metadata.num_rows for f in files}
+    sizes = {f: parquet_file(f).metadata.num_rows for f in files}
     if any(sizes.values()):
         for f in files:
             if sizes[f] == 0:
-                f.unlink()
+                remove_file(f)
         files = [f for f in files if sizes[f]]
     else:
         for f in files[1:]:
-            f.unlink()
+            remove_file(f)
         files = files[:1]
-    schemas = {f: pq.read_schema(f).remove_metadata() for f in files}
+    schemas = {f: parquet_file(f).schema_arrow.remove_metadata() for f in files}
     if len({s.to_string() for s in schemas.values()}) <= 1:
         return
     unified = pa.unify_schemas(list(schemas.values()), promote_options="permissive")
     for f in files:
         if schemas[f].equals(unified):
             continue
-        table = pq.read_table(f)
+        table = read_table(f)
         columns = [
             table.column(field.name).cast(field.type)
             if field.name in table.column_names

@@ -52,12 +52,10 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from curate.executors.ray import Fragment, worker_copy
 from curate.executors.ray_components import component_stars
@@ -66,6 +64,7 @@ from curate.minhash import ALL_PAIRS_BUCKET, estimated_jaccard, shingle_jaccard,
 from curate.minhash import verification_margin as margin_of
 from curate.operators import DROP_DETAIL, DROP_REASON
 from curate.shingles import match_keys, shingle_hashes
+from curate.storage import AnyPath, parquet_file
 
 if TYPE_CHECKING:
     from curate.filters.dedup import Dedup
@@ -236,7 +235,7 @@ class RayDedup:
         def split(frag: Fragment) -> Any:
             from curate.executors.ray import read_fragment
 
-            present = set(pq.ParquetFile(frag.file).schema_arrow.names)
+            present = set(parquet_file(frag.file).schema_arrow.names)
             frame = read_fragment(frag, [c for c in ("problem_id", "score") if c in present])
             rows = pl.DataFrame(
                 {
@@ -785,5 +784,5 @@ def apply_decisions(
     return full.filter(is_kept).drop(DROP_REASON, DROP_DETAIL), full.filter(~is_kept)
 
 
-def part_path(out: Path, index: int) -> Path:
+def part_path(out: AnyPath, index: int) -> AnyPath:
     return out / f"part-{index:05d}.parquet"

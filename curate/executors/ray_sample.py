@@ -57,7 +57,6 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curate import errors
@@ -67,6 +66,7 @@ from curate.executors.ray_sample_actors import Limits, SampleWorker
 from curate.operators import Operator
 from curate.progress import SilentReporter
 from curate.schemas.spec import OpenAITeacher, VLLMTeacher
+from curate.storage import AnyPath
 from curate.teachers.budget import Budget
 from curate.teachers.cache import row_answer
 from curate.teachers.dispatch import AnswerStore, FinishPolicy, Outcome
@@ -89,8 +89,8 @@ def sample_on_ray(
     executor: RayExecutor,
     operator: Operator,
     *,
-    source: Path,
-    out: Path,
+    source: AnyPath,
+    out: AnyPath,
     metadata: dict[str, str],
     reporter: SilentReporter,
 ) -> StageRun:

@@ -53,13 +53,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.executors.ray import Fragment, read_fragment, worker_copy
 from curate.executors.ray_dedup import by_problem, slice_units
 from curate.filters.dedup import CANDIDATE_SLACK, cosine_pairs
 from curate.similarity import BLOCK_BYTES
+from curate.storage import parquet_file
 
 if TYPE_CHECKING:
     from curate.filters.dedup import Dedup
@@ -97,7 +97,7 @@ class EmbedActor:
     def _read(self, frag: Fragment) -> pl.DataFrame:
         """The slice's columns that the step reads (`start_actors` checked them)."""
         wanted = (self.op.params.on, "problem_id", "trace_id", "score")
-        present = set(pq.ParquetFile(frag.file).schema_arrow.names)
+        present = set(parquet_file(frag.file).schema_arrow.names)
         frame = read_fragment(frag, [c for c in wanted if c in present])
         self.slices += 1
         self.rows += frame.height
@@ -157,7 +157,7 @@ def start_actors(
     any actor starts."""
     from curate.embeddings import resolve_model
 
-    empty = pl.from_arrow(pq.ParquetFile(frags[0].file).schema_arrow.empty_table())
+    empty = pl.from_arrow(parquet_file(frags[0].file).schema_arrow.empty_table())
     operator._check(cast(pl.DataFrame, empty))
     resolve_model(operator.params.model, base_dir=operator.context.base_dir)
     slices = len(frags)

@@ -16,6 +16,7 @@ from curate.export.sft import sft_rows
 from curate.parquet_io import atomic_dir, read_parts, to_arrow, write_table
 from curate.schemas.exports import EXPORT_SCHEMAS
 from curate.schemas.spec import PreferenceOutput, SFTOutput
+from curate.storage import AnyPath
 
 if TYPE_CHECKING:
     from curate.engine import Build
@@ -28,7 +29,7 @@ def shard_name(index: int, count: int) -> str:
 
 
 def write_shards(
-    folder: Path, table: pa.Table, *, shard_rows: int, metadata: dict[str, str]
+    folder: AnyPath, table: pa.Table, *, shard_rows: int, metadata: dict[str, str]
 ) -> list[str]:
     count = max(1, math.ceil(table.num_rows / shard_rows))
     names = []
