@@ -46,14 +46,7 @@ def executor_settings(
             for e in exc.errors()
         )
         raise SpecError(f"executor settings on the command line: {problems}") from None
-    return ExecutorSettings(
-        kind=settings.kind,
-        address=settings.address,
-        num_cpus=settings.num_cpus,
-        memory_per_task=settings.memory_per_task,
-        batch_rows=settings.batch_rows,
-        sample_actors=settings.sample_actors,
-    )
+    return ExecutorSettings(**settings.model_dump())
 
 
 def make_executor(settings: ExecutorSettings | None) -> Executor:

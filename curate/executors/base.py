@@ -18,8 +18,9 @@ from curate.storage import AnyPath
 
 @dataclass(frozen=True, kw_only=True)
 class ExecutorSettings:
-    """Which executor runs the steps, and the resources it may use (spec `executor:` or the
-    `--executor` / `--address` options of `curate build`)."""
+    """Which executor runs the steps, and the resources it may use: the spec's `executor:`
+    (schemas.spec.ExecutorSpec, the same fields but task_retries) with `curate build`'s
+    options on top."""
 
     kind: Literal["local", "ray"] = "local"
     address: str | None = None  # ray: "auto", "ray://host:10001"; None starts a local Ray
