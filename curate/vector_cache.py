@@ -124,7 +124,8 @@ class VectorCache:
         scheme = str(self.settings.get("content_key", CONTENT_KEYS[0]))
         rows = pl.DataFrame({"key": content_keys(texts, scheme)}).with_row_index("row")
         distinct = rows.unique("key", keep="first", maintain_order=True).with_row_index("distinct")
-        cached_keys, cached_vectors = self._load()
+        parts = self._parts()
+        cached_keys, starts = self._load_keys(parts)
         cached = (
             pl.DataFrame({"key": cached_keys})
             .with_row_index("cached_row")
@@ -150,7 +151,8 @@ class VectorCache:
             by_key = computed
         else:
             by_key = np.empty((distinct.height, self.width), dtype=self.dtype)
-            by_key[hit] = cached_vectors[found["cached_row"].to_numpy()[hit].astype(np.int64)]
+            cached_rows = found["cached_row"].to_numpy()[hit].astype(np.int64)
+            by_key[hit] = self._load_vectors(parts, starts, cached_rows)
             by_key[~hit] = computed
 
         # Map every row to its distinct text's vector.
@@ -169,27 +171,39 @@ class VectorCache:
         )
         return out, stats
 
-    def _load(self) -> tuple[pl.Series, np.ndarray]:
+    def _parts(self) -> list[Path]:
         path = self.path
-        keys = pl.Series("key", [], dtype=pl.Binary)
-        empty = np.empty((0, self.width), dtype=self.dtype)
         if path is None or not path.is_dir():
-            return keys, empty
-        parts = []
-        for file in sorted(path.glob("part-*.npz")):
+            return []
+        return sorted(path.glob("part-*.npz"))
+
+    def _load_keys(self, parts: list[Path]) -> tuple[pl.Series, np.ndarray]:
+        """The keys of every cached vector, part after part, and the row each part starts at
+        (one bound more than parts). Only the keys are read: 16 bytes a vector."""
+        arrays = []
+        for file in parts:
             with np.load(file) as part:
-                parts.append((part["key"], part["vector"]))
-        if not parts:
-            return keys, empty
-        key_bytes = np.concatenate([k for k, _ in parts]) if len(parts) > 1 else parts[0][0]
-        vectors = np.concatenate([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
+                arrays.append(part["key"])
+        key_bytes = np.ascontiguousarray(
+            np.concatenate(arrays) if arrays else np.empty((0, KEY_BYTES), dtype=np.uint8)
+        )
+        starts = np.cumsum([0, *(len(a) for a in arrays)])
         fixed = pa.FixedSizeBinaryArray.from_buffers(
             pa.binary(KEY_BYTES), len(key_bytes), [None, pa.py_buffer(key_bytes)]
         )
-        return (
-            pl.Series("key", fixed.cast(pa.binary()), dtype=pl.Binary),
-            np.asarray(vectors, dtype=self.dtype).reshape(-1, self.width),
-        )
+        return pl.Series("key", fixed.cast(pa.binary()), dtype=pl.Binary), starts
+
+    def _load_vectors(self, parts: list[Path], starts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The cached vectors at `rows` (in `_load_keys`' order), read from the parts that
+        hold them only: a Ray worker embedding one slice does not read every other slice's."""
+        out = np.empty((rows.shape[0], self.width), dtype=self.dtype)
+        part_of = np.searchsorted(starts, rows, side="right") - 1
+        for index in np.unique(part_of):
+            take = part_of == index
+            with np.load(parts[index]) as part:
+                vectors = np.asarray(part["vector"], dtype=self.dtype).reshape(-1, self.width)
+            out[take] = vectors[rows[take] - starts[index]]
+        return out
 
     def _append(self, keys: pl.Series, vectors: np.ndarray) -> None:
         path = self.path

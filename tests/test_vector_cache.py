@@ -83,3 +83,12 @@ def test_content_keys_and_the_xxh3_scheme(tmp_path: Path) -> None:
     assert calls == [["a", "bb"], ["ccc"]]
     assert out.tolist() == [[2, 2], [1, 1], [3, 3]]
     assert (stats.from_cache, stats.computed) == (2, 1)
+
+
+def test_hits_spread_over_several_parts_come_back_in_row_order(tmp_path: Path) -> None:
+    for batch in (["a", "bb"], ["ccc"], ["dddd", "eeeee"]):  # three parts
+        make(tmp_path, n=1).vectors(batch, lengths)
+    texts = ["eeeee", "a", "ccc", "bb", "a", "new!"]
+    out, stats = make(tmp_path, n=1).vectors(texts, lengths)
+    assert out.tolist() == lengths(texts).tolist()
+    assert (stats.from_cache, stats.computed) == (4, 1)

@@ -64,7 +64,7 @@ from curate.minhash import ALL_PAIRS_BUCKET, estimated_jaccard, shingle_jaccard,
 from curate.minhash import verification_margin as margin_of
 from curate.operators import DROP_DETAIL, DROP_REASON
 from curate.shingles import match_keys, shingle_hashes
-from curate.storage import AnyPath, parquet_file
+from curate.storage import parquet_file
 
 if TYPE_CHECKING:
     from curate.filters.dedup import Dedup
@@ -782,7 +782,3 @@ def apply_decisions(
     full = body.with_columns(columns)
     is_kept = pl.col(DROP_REASON).is_null()
     return full.filter(is_kept).drop(DROP_REASON, DROP_DETAIL), full.filter(~is_kept)
-
-
-def part_path(out: AnyPath, index: int) -> AnyPath:
-    return out / f"part-{index:05d}.parquet"
