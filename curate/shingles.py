@@ -7,9 +7,10 @@ Normalization and tokens are those of `curate.text` (`match_key`, `words`):
 - A pure-ASCII text is lowercased byte-wise: on ASCII, NFKC is the identity and casefold is
   lowercasing. Any other text goes through ``unicodedata.normalize("NFKC", t).casefold()``,
   which is `match_key` without its whitespace collapsing; whitespace is no part of any word
-  token, so word tokens are unchanged (character shingles use `match_key` itself). Only texts
-  holding a character that NFKC or casefold would change (or that may compose with the one
-  before it) are folded in Python; the rest go to the kernel as they are.
+  token, so word tokens are unchanged (character shingles use `match_key` itself). Only the
+  runs of non-ASCII characters holding one that NFKC or casefold would change (or that may
+  compose with the one before it) are folded in Python, which gives the same text
+  (`_fold_runs`); the rest go to the kernel as they are.
 - A word token is a run of word characters (Python's ``\\w``: letters, numbers, underscore) or
   one character that is neither a word character nor whitespace, as in `words`. ASCII bytes are
   classed by a table made from Python's `str.isspace` / `str.isalnum`; a non-ASCII character by
@@ -39,8 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
+from curate.filters.utf8 import utf8_buffers
 from curate.text import match_key
 
 Unit = Literal["word", "char"]
@@ -145,22 +146,6 @@ class Encoded:
     lead_class: np.ndarray  # uint8
 
 
-def _utf8(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """The texts' UTF-8 bytes and row offsets into them (from 0), viewed in the Arrow buffers
-    where the layout allows."""
-    array = texts.to_arrow()
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    array = array.cast(pa.large_string())
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)
-    offsets = offsets[array.offset : array.offset + len(array) + 1]
-    buffer = array.buffers()[2]
-    start, stop = int(offsets[0]), int(offsets[-1])
-    if buffer is None:  # every text empty
-        return np.zeros(0, dtype=np.uint8), offsets - start
-    return np.frombuffer(buffer, dtype=np.uint8)[start:stop], offsets - start
-
-
 def _non_ascii(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The byte offset and the code point of every non-ASCII character of UTF-8 `data`."""
     if data.shape[0] == 0 or data.max() < 0x80:
@@ -180,31 +165,72 @@ def _non_ascii(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def encode(texts: pl.Series, unit: Unit) -> Encoded:
     """`texts` (nulls as "") as the tokenizer kernels take them: `match_key` of each for
-    character shingles; for words, texts with characters that NFKC or casefold would change
-    folded in Python, and the class of every non-ASCII character looked up."""
+    character shingles; for words, the runs of characters that NFKC or casefold would change
+    folded in Python (`_fold_runs`), and the class of every non-ASCII character looked up."""
     if texts.dtype != pl.String:
         texts = texts.cast(pl.String)
     if texts.null_count():
         texts = texts.fill_null("")
     none = np.empty(0, dtype=np.uint8)
     if unit == "char":
-        data, offsets = _utf8(match_keys(texts))
+        offsets, data = utf8_buffers(match_keys(texts))
         return Encoded(data, offsets, none)
-    folded = False
-    while True:
-        data, offsets = _utf8(texts)
+    offsets, data = utf8_buffers(texts)
+    at, points = _non_ascii(data)
+    if points.size == 0:
+        return Encoded(data, offsets, none)
+    props = _points(points)
+    unstable = at[props >= 4]
+    if unstable.size:
+        data, offsets = _fold_runs(data, offsets, unstable)
         at, points = _non_ascii(data)
-        if points.size == 0:
-            return Encoded(data, offsets, none)
         props = _points(points)
-        unstable = at[props >= 4]
-        if folded or unstable.size == 0:
-            return Encoded(data, offsets, (props & 3).astype(np.uint8))
-        # rows holding characters that NFKC or casefold change: fold them in Python, once
-        rows = np.unique(np.searchsorted(offsets, unstable, side="right") - 1)
-        values = [_fold(t) for t in texts.gather(rows).to_list()]
-        texts = texts.scatter(rows, pl.Series(values, dtype=pl.String))
-        folded = True
+    return Encoded(data, offsets, (props & 3).astype(np.uint8))
+
+
+def _fold_runs(
+    data: np.ndarray, offsets: np.ndarray, unstable: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 `data` with `_fold` applied to each run of non-ASCII characters (within a row)
+    that holds a character at a byte offset in `unstable`, together with the character just
+    before the run: the bytes and row offsets of each row's `_fold`.
+
+    Folding runs rather than whole rows gives the same text: an ASCII character is never
+    changed by NFKC (beyond what the tokenizer's lowercasing does) nor combined with a
+    character before it, so NFKC can be applied piece by piece between ASCII characters; a
+    run of characters that neither NFKC nor casefold change, none of which composes with the
+    one before it, is left as it is by both; and casefold maps each character on its own. The
+    character before a run is folded with it because the run's first character may compose
+    with it. On real traces a few superscripts, subscripts or capital Greek letters make a
+    text unstable; folding whole texts cost more than tokenizing them."""
+    raw = data.tobytes()
+    bounds = offsets.tolist()
+    pieces: list[bytes] = []
+    starts: list[int] = []
+    growth: list[int] = []
+    done = 0  # bytes of raw copied into pieces
+    rows = np.searchsorted(offsets, unstable, side="right") - 1
+    for at, row in zip(unstable.tolist(), rows.tolist(), strict=True):
+        if at < done:  # in a run already folded
+            continue
+        first, stop = bounds[row], bounds[row + 1]
+        lo = at
+        while lo > first and raw[lo - 1] >= 0x80:
+            lo -= 1
+        if lo > first:  # the character before the run: ASCII
+            lo -= 1
+        hi = at
+        while hi < stop and raw[hi] >= 0x80:
+            hi += 1
+        folded = _fold(raw[lo:hi].decode()).encode()
+        pieces += [raw[done:lo], folded]
+        starts.append(lo)
+        growth.append(len(folded) - (hi - lo))
+        done = hi
+    pieces.append(raw[done:])
+    shift = np.concatenate([[0], np.cumsum(growth)])
+    new_offsets = offsets + shift[np.searchsorted(np.asarray(starts), offsets, side="left")]
+    return np.frombuffer(b"".join(pieces), dtype=np.uint8), new_offsets.astype(np.int64)
 
 
 def tokenize(encoded: Encoded, unit: Unit) -> tuple[np.ndarray, np.ndarray]:

@@ -38,10 +38,13 @@ from curate.shingles import (
     shingle_hashes,
     token_hashes,
 )
+from curate.shingles import encode as encode_for_kernels
 from curate.spec import load_spec
 from curate.text import match_key, words
 
 DATA = Path(__file__).parent / "data" / "gsm_hard_pairs" / "pairs.parquet"
+DECONTAM = Path(__file__).parent / "data" / "decontam"
+GSM8K_SOLUTIONS = Path(__file__).parent / "data" / "gsm8k_gpt3_solutions" / "solutions.parquet"
 CTX = StageContext(stage_id="01-dedup")
 DUP_COLUMNS = ["dup_cluster", "dup_of"]
 
@@ -423,6 +426,44 @@ def test_match_keys_non_ascii_and_char_shingles() -> None:
     assert got == [match_key(t) for t in SAMPLES]
     _, counts = token_hashes(pl.Series(SAMPLES), "char")
     assert counts.tolist() == [len(match_key(t)) for t in SAMPLES]
+
+
+def check_folded_runs(texts: list[str]) -> None:
+    """`encode` folds only runs of non-ASCII characters; every row must read as the whole row
+    folded (NFKC, casefold), up to ASCII case, which the tokenizer ignores."""
+    encoded = encode_for_kernels(pl.Series(texts, dtype=pl.String), "word")
+    for row, text in enumerate(texts):
+        got = encoded.data[encoded.offsets[row] : encoded.offsets[row + 1]].tobytes()
+        assert got.lower() == unicodedata.normalize("NFKC", text).casefold().encode().lower()
+
+
+def test_encode_folds_runs_like_whole_texts() -> None:
+    texts = [
+        "Area = 3x\u00b2 + x\u2081, \u0394y over \u03a3",  # superscript, subscript, Greek capitals
+        "cafe\u0301 and CAFE\u0301",  # a combining mark composes with the ASCII letter before it
+        "\u1100\u1161\u11a8 \u1100 \u1161",  # Hangul jamo compose, also across a run
+        "\u2168 \ufb01x \u0130I \u00bd",  # compatibility forms; casefold that grows
+        "ends with \u03a3",  # a folded run at a row's end ...
+        "\u0301starts with a mark",  # ... and at the next row's start: rows fold apart
+        "\u00e9\u00c9\u00e9",  # a run of stable and unstable characters together
+        "",
+        "plain ASCII, UPPER",
+    ]
+    check_folded_runs(texts)
+    # real texts: GSM8K questions and model solutions, AIME problems (superscripts, Greek)
+    solutions = pl.read_parquet(GSM8K_SOLUTIONS).select(pl.col(pl.String))
+    real = [t for column in solutions.iter_columns() for t in column.drop_nulls().to_list()]
+    real += pl.read_parquet(DECONTAM / "aime_1983_2023_problems.parquet")["problem"].to_list()
+    real = [t for t in real if not t.isascii()]
+    changed = [t for t in real if unicodedata.normalize("NFKC", t).casefold() != t.lower()]
+    assert len(real) > 300 and len(changed) >= 15
+    check_folded_runs(real)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.text(alphabet="aE \u0301\u00b2\u03a3\u1100\u1161\u00e9\u0130.", max_size=20)))
+def test_encode_folds_runs_like_whole_texts_generated(texts: list[str]) -> None:
+    check_folded_runs(texts)
 
 
 def test_composing_starters_match_unicodedata() -> None:
