@@ -30,13 +30,13 @@ two shingle sets (`shingle_jaccard`).
 from __future__ import annotations
 
 import functools
-import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
+from curate.filters.utf8 import chunk_rows
 from curate.shingles import Shingles, Unit, encode, tokenize
 
 CHUNK_BYTES = 1 << 19  # text per chunk of sign_texts: a task for a thread
@@ -343,12 +343,7 @@ def sign_texts(
     from curate import hash_kernels
 
     texts = texts.cast(pl.String).fill_null("")
-    sizes = texts.str.len_bytes().cast(pl.Int64).to_numpy()
-    ends = np.cumsum(sizes)
-    cuts = np.searchsorted(
-        ends, np.arange(CHUNK_BYTES, int(ends[-1]) if ends.size else 0, CHUNK_BYTES), side="right"
-    )
-    bounds = np.unique(np.concatenate([[0], cuts, [texts.len()]])).tolist()
+    spans = chunk_rows(texts.str.len_bytes().to_numpy(), CHUNK_BYTES)
     out = np.empty((texts.len(), num_perm), dtype=np.uint32)
     order, _ = _probe_order(num_perm, seed)
     key = _seed_key(seed, 0)
@@ -358,7 +353,6 @@ def sign_texts(
         tokens, counts = tokenize(encode(texts.slice(start, stop - start), unit), unit)
         out[start:stop] = hash_kernels.sign_tokens(tokens, counts, n, key, order)
 
-    spans = list(itertools.pairwise(bounds))
     if workers <= 1 or len(spans) <= 1:
         for span in spans:
             run(span)
