@@ -89,10 +89,10 @@ class PartWriter:
     """Writes a stream of frames, in order, as `<prefix>-00000.parquet`, `<prefix>-00001...`
     in `folder`: small frames are gathered into files of about PART_BYTES of Arrow data, a
     large one is cut into files of equal size, as many as a multiple of `workers`; each file is
-    compressed on one of `workers` threads while the caller goes on. Every batch is cast to the
-    first's schema; with no rows at all, one empty file still gives the stage its columns. Use
-    it in a `with` block, which closes it, or on an error stops it without starting more
-    files."""
+    converted to Arrow and compressed on one of `workers` threads while the caller goes on.
+    Every batch is cast to the first's declared types; with no rows at all, one empty file
+    still gives the stage its columns. Use it in a `with` block, which closes it, or on an
+    error stops it without starting more files."""
 
     def __init__(
         self,
@@ -111,44 +111,49 @@ class PartWriter:
         self.rows = 0
         self.files = 0
         self._target: pa.Schema | None = None  # the first batch's schema, lineage included
-        self._buffer: list[pa.Table] = []
+        self._buffer: list[pl.DataFrame] = []
         self._buffered_bytes = 0
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="parquet")
         self._pending: deque[Future[None]] = deque()
 
     def write(self, frame: pl.DataFrame) -> None:
-        table = to_arrow(frame, self.schema)
-        if self._target is None:
-            self._target = table.schema.with_metadata(
-                {**(table.schema.metadata or {}), **self.metadata}
-            )
-        table = table.cast(self._target.remove_metadata())
-        self.rows += table.num_rows
-        if table.nbytes >= PART_BYTES:  # a whole stage at once: even files, all threads busy
+        if self._target is None:  # the declared types, from no rows
+            first = to_arrow(frame.head(0), self.schema).schema
+            self._target = first.with_metadata({**(first.metadata or {}), **self.metadata})
+        self.rows += frame.height
+        size = int(frame.estimated_size())  # bytes of Arrow data, about
+        if size >= PART_BYTES:  # a whole stage at once: even files, all threads busy
             self._flush()
-            files = -(-table.nbytes // PART_BYTES)
+            files = -(-size // PART_BYTES)
             files = -(-files // self.workers) * self.workers
-            cuts = [k * table.num_rows // files for k in range(files + 1)]
+            cuts = [k * frame.height // files for k in range(files + 1)]
             for start, stop in itertools.pairwise(cuts):
-                self._buffer.append(table.slice(start, stop - start))
+                self._buffer.append(frame.slice(start, stop - start))
                 self._flush()
             return
-        self._buffer.append(table)
-        self._buffered_bytes += table.nbytes
+        self._buffer.append(frame)
+        self._buffered_bytes += size
         if self._buffered_bytes >= PART_BYTES:
             self._flush()
 
     def _flush(self) -> None:
         if not self._buffer:
             return
-        assert self._target is not None
-        table = pa.concat_tables(self._buffer).replace_schema_metadata(self._target.metadata)
+        frames = self._buffer
         path = self.folder / f"{self.prefix}-{self.files:05d}.parquet"
         self.files += 1
         self._buffer, self._buffered_bytes = [], 0
-        while len(self._pending) >= 2 * self.workers:  # bound the tables held in memory
+        while len(self._pending) >= 2 * self.workers:  # bound the frames held in memory
             self._pending.popleft().result()
-        self._pending.append(self._pool.submit(_write_file, path, table))
+        self._pending.append(self._pool.submit(self._write_frames, path, frames))
+
+    def _write_frames(self, path: AnyPath, frames: list[pl.DataFrame]) -> None:
+        """Convert to Arrow and write on a writer thread: each file's Arrow copy of its rows
+        is made there, in parallel, and reuses the memory of the files written before it."""
+        assert self._target is not None
+        target = self._target.remove_metadata()
+        table = pa.concat_tables([to_arrow(f, self.schema).cast(target) for f in frames])
+        _write_file(path, table.replace_schema_metadata(self._target.metadata))
 
     def __enter__(self) -> PartWriter:
         return self
