@@ -318,3 +318,25 @@ def pair_jaccard(sets: np.ndarray, bounds: np.ndarray, a: np.ndarray, b: np.ndar
         if union > 0:
             out[k] = shared / union
     return out
+
+
+@kernel
+def band_keys(sig: np.ndarray, rows: int, bands: int, salt: np.ndarray) -> np.ndarray:
+    """keys[b, r]: a 64-bit hash of row r's slots b * rows .. (b + 1) * rows - 1 (the
+    polynomial of the slots over BASE, from the row's salt, mixed); keys[bands, r]: of the
+    band keys and then the slots no band uses, the same way: equal for equal signatures."""
+    n, width = sig.shape
+    keys = np.empty((bands + 1, n), dtype=np.uint64)
+    for r in range(n):
+        whole = salt[r]
+        for b in range(bands):
+            key = salt[r]
+            for c in range(b * rows, (b + 1) * rows):
+                key = key * BASE + np.uint64(sig[r, c])
+            key = mix(key)
+            keys[b, r] = key
+            whole = whole * BASE + key
+        for c in range(bands * rows, width):
+            whole = whole * BASE + np.uint64(sig[r, c])
+        keys[bands, r] = mix(whole)
+    return keys

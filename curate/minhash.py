@@ -44,7 +44,6 @@ RENSA_BLOCK = 8192  # rows per rensa call: to_rows() makes num_perm Python ints 
 ALL_PAIRS_BUCKET = 32  # buckets up to this size give all their pairs; larger, a star and a chain
 VERIFY_BLOCK = 1 << 18  # candidate pairs compared per NumPy block
 _GRID = np.linspace(0.0, 1.0, 2001)
-_BASE = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
@@ -208,16 +207,6 @@ def rensa_signatures(shingles: Shingles, *, num_perm: int, seed: int) -> np.ndar
 # --- candidates and verification -----------------------------------------------------------
 
 
-def _fold(columns: np.ndarray, first: int, last: int, start: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row's slots first..last-1, from the transposed signature matrix
-    (one contiguous array per slot), starting from the per-row value `start`."""
-    key = start.copy()
-    for col in range(first, last):
-        key *= _BASE
-        key += columns[col]
-    return _mix(key)
-
-
 def _repeated(keys: np.ndarray) -> np.ndarray:
     """Which keys occur more than once. A counting pass over the keys' top bits (a table of
     about 4 slots per key) rules out most keys; only those sharing a slot are compared."""
@@ -267,17 +256,14 @@ def candidate_pairs(
     if n < 2:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty
+    from curate import hash_kernels
+
     group = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups, np.int64)
-    columns = np.ascontiguousarray(sig.T)  # one contiguous array per slot
     salt = _mix(group.astype(np.uint64) ^ _seed_key(0, 2))  # keys differ across groups
-    bands = [
-        _fold(columns, b * banding.rows, (b + 1) * banding.rows, salt) for b in range(banding.bands)
-    ]
-    whole = salt.copy()
-    for key in bands:
-        whole *= _BASE
-        whole += key
-    whole = _fold(columns, banding.bands * banding.rows, sig.shape[1], whole)
+    keys = hash_kernels.band_keys(
+        np.ascontiguousarray(sig, dtype=np.uint32), banding.rows, banding.bands, salt
+    )
+    bands, whole = list(keys[:-1]), keys[-1]
     units = np.arange(n, dtype=np.int64)
     rows = pl.DataFrame({"unit": units, "key": whole}).with_columns(
         pl.col("unit").first().over("key").alias("canonical")
