@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from curate.filters.utf8 import chunk_rows
+from curate.filters.utf8 import as_text, chunk_rows
 from curate.shingles import Shingles, Unit, encode, tokenize
 
 CHUNK_BYTES = 1 << 19  # text per chunk of sign_texts: a task for a thread
@@ -328,7 +328,7 @@ def sign_texts(
     `signatures(shingle_hashes(texts))`, without making the shingle array."""
     from curate import hash_kernels
 
-    texts = texts.cast(pl.String).fill_null("")
+    texts = as_text(texts)
     spans = chunk_rows(texts.str.len_bytes().to_numpy(), CHUNK_BYTES)
     out = np.empty((texts.len(), num_perm), dtype=np.uint32)
     order, _ = _probe_order(num_perm, seed)

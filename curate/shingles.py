@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from curate.filters.utf8 import utf8_buffers
+from curate.filters.utf8 import as_text, utf8_buffers
 from curate.text import match_key
 
 Unit = Literal["word", "char"]
@@ -88,7 +88,7 @@ def _replace_non_ascii(texts: pl.Series, replaced: pl.Series, fn: Any) -> pl.Ser
 
 def match_keys(texts: pl.Series) -> pl.Series:
     """`curate.text.match_key` of every row (nulls become ""); ASCII rows in Polars."""
-    texts = texts.cast(pl.String).fill_null("")
+    texts = as_text(texts)
     collapsed = texts.str.to_lowercase().str.replace_all(_WHITESPACE_RUN, " ").str.strip_chars(" ")
     return _replace_non_ascii(texts, collapsed, match_key)
 
@@ -167,10 +167,7 @@ def encode(texts: pl.Series, unit: Unit) -> Encoded:
     """`texts` (nulls as "") as the tokenizer kernels take them: `match_key` of each for
     character shingles; for words, the runs of characters that NFKC or casefold would change
     folded in Python (`_fold_runs`), and the class of every non-ASCII character looked up."""
-    if texts.dtype != pl.String:
-        texts = texts.cast(pl.String)
-    if texts.null_count():
-        texts = texts.fill_null("")
+    texts = as_text(texts)
     none = np.empty(0, dtype=np.uint8)
     if unit == "char":
         offsets, data = utf8_buffers(match_keys(texts))

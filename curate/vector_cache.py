@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from curate.errors import OperatorError
-from curate.filters.utf8 import CHUNK_BYTES, chunk_rows, utf8_buffers
+from curate.filters.utf8 import CHUNK_BYTES, as_text, chunk_rows, utf8_buffers
 
 CONTENT_KEYS = ("blake2b-128", "xxh3-128")  # the first is the default
 KEY_BYTES = 16
@@ -57,7 +57,7 @@ def content_keys(texts: Sequence[str | None] | pl.Series, scheme: str = "blake2b
     else:
         raise ValueError(f"content key {scheme!r}: expected one of {', '.join(CONTENT_KEYS)}")
     series = texts if isinstance(texts, pl.Series) else pl.Series(list(texts), dtype=pl.String)
-    series = series.cast(pl.String).fill_null("")
+    series = as_text(series)
     count = series.len()
     blocks = []
     # Chunk by chunk: each chunk's Arrow copy reuses the memory the last one freed, where one
@@ -122,7 +122,7 @@ class VectorCache:
     ) -> tuple[np.ndarray, CacheStats]:
         """`vectors` for a String Series, with `compute` taking a Series (nulls as ""): no
         Python string is made for a text unless `compute` makes it."""
-        texts = texts.cast(pl.String).fill_null("")
+        texts = as_text(texts)
         scheme = str(self.settings.get("content_key", CONTENT_KEYS[0]))
         rows = pl.DataFrame({"key": content_keys(texts, scheme)}).with_row_index("row")
         distinct = rows.unique("key", keep="first", maintain_order=True).with_row_index("distinct")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from curate.filters.utf8 import CHUNK_BYTES, chunk_rows, from_buffers, utf8_buffers
+from curate.filters.utf8 import CHUNK_BYTES, as_text, chunk_rows, from_buffers, utf8_buffers
 
 # The characters str.isspace() accepts (tests/test_repetition.py checks this list).
 WHITESPACE = (
@@ -70,7 +70,7 @@ def find_repetitions(
     positions. A null text has no tokens. Rows are processed about `chunk_bytes` at a time."""
     if n < 1 or max_repeats < 1:
         raise ValueError(f"n and max_repeats must be at least 1, got n={n}, max={max_repeats}")
-    texts = texts.cast(pl.String).fill_null("")
+    texts = as_text(texts)
     found: list[Repetition] = []
     for start, stop in chunk_rows(texts.str.len_bytes().to_numpy(), chunk_bytes):
         part = _chunk_repetitions(texts.slice(start, stop - start), n, max_repeats)

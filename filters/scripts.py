@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from curate.filters.utf8 import CHUNK_BYTES, chunk_rows, utf8_buffers
+from curate.filters.utf8 import CHUNK_BYTES, as_text, chunk_rows, utf8_buffers
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z_ ]*$")
 _ASCII_LETTER = np.zeros(256, dtype=np.uint8)
@@ -60,7 +60,7 @@ def letter_counts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per text: the number of letters, and the number of those in `scripts` (int64 arrays).
     A null text has no letters."""
-    texts = texts.cast(pl.String).fill_null("")
+    texts = as_text(texts)
     letters = np.zeros(texts.len(), dtype=np.int64)
     for start, stop in chunk_rows(texts.str.len_bytes().to_numpy(), chunk_bytes):
         offsets, data = utf8_buffers(texts.slice(start, stop - start))

@@ -20,13 +20,19 @@ import pyarrow as pa
 CHUNK_BYTES = 2 * 2**20
 
 
+def as_text(texts: pl.Series) -> pl.Series:
+    """`texts` as a String Series with nulls as "": the series itself where it already is one
+    (filling nulls copies the column even when there are none)."""
+    if texts.dtype != pl.String:
+        texts = texts.cast(pl.String)
+    return texts.fill_null("") if texts.null_count() else texts
+
+
 def utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """``(offsets, data)``: row i's bytes are ``data[offsets[i]:offsets[i + 1]]``; offsets start
     at 0 and have one more entry than there are rows. A null text has no bytes. The arrays may
     share memory with Arrow buffers: treat them as read-only."""
-    array = (
-        texts.cast(pl.String).fill_null("").rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())
-    )
+    array = as_text(texts).rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     array = array.cast(pa.large_string())
