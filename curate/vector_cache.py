@@ -118,15 +118,28 @@ class VectorCache:
         return self.series_vectors(series, lambda todo: compute(todo.to_list()))
 
     def series_vectors(
-        self, texts: pl.Series, compute: Callable[[pl.Series], np.ndarray]
+        self, texts: pl.Series, compute: Callable[[pl.Series], np.ndarray], *, cheap: bool = False
     ) -> tuple[np.ndarray, CacheStats]:
         """`vectors` for a String Series, with `compute` taking a Series (nulls as ""): no
-        Python string is made for a text unless `compute` makes it."""
+        Python string is made for a text unless `compute` makes it.
+
+        `cheap`: a vector costs less to compute than to look up and copy (MinHash signatures:
+        about 6 us a trace, where gathering the distinct texts and then every row's vector
+        from theirs faults in a fresh array). With nothing cached yet, every row is computed
+        as it comes, repeated texts again, and all are stored; the cache keeps the first of
+        each key."""
         texts = as_text(texts)
         scheme = str(self.settings.get("content_key", CONTENT_KEYS[0]))
-        rows = pl.DataFrame({"key": content_keys(texts, scheme)}).with_row_index("row")
-        distinct = rows.unique("key", keep="first", maintain_order=True).with_row_index("distinct")
+        keys = content_keys(texts, scheme)
         parts = self._parts()
+        if cheap and not parts:
+            out = self._computed(compute(texts), texts.len())
+            if texts.len():
+                self._append(keys, out)
+            count = keys.n_unique()
+            return out, CacheStats(rows=texts.len(), distinct=count, from_cache=0, computed=count)
+        rows = pl.DataFrame({"key": keys}).with_row_index("row")
+        distinct = rows.unique("key", keep="first", maintain_order=True).with_row_index("distinct")
         cached_keys, starts = self._load_keys(parts)
         cached = (
             pl.DataFrame({"key": cached_keys})
@@ -140,14 +153,8 @@ class VectorCache:
         if missing.height:
             # all texts new and distinct (a first run): no copy of the texts
             whole = missing.height == texts.len()
-            computed = np.asarray(
-                compute(texts if whole else texts.gather(missing["row"])), dtype=self.dtype
-            )
-            if computed.shape != (missing.height, self.width):
-                raise OperatorError(
-                    f"{self.kind}: computed vectors have shape {computed.shape}, "
-                    f"expected ({missing.height}, {self.width})"
-                )
+            todo = texts if whole else texts.gather(missing["row"])
+            computed = self._computed(compute(todo), missing.height)
             self._append(missing["key"], computed)
         if missing.height == distinct.height:  # nothing cached: already in distinct order
             by_key = computed
@@ -172,6 +179,15 @@ class VectorCache:
             computed=missing.height,
         )
         return out, stats
+
+    def _computed(self, vectors: np.ndarray, rows: int) -> np.ndarray:
+        computed = np.asarray(vectors, dtype=self.dtype)
+        if computed.shape != (rows, self.width):
+            raise OperatorError(
+                f"{self.kind}: computed vectors have shape {computed.shape}, "
+                f"expected ({rows}, {self.width})"
+            )
+        return computed
 
     def _parts(self) -> list[Path]:
         path = self.path

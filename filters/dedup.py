@@ -438,7 +438,7 @@ class Dedup(Filter[DedupParams]):
                 workers=self.context.workers,
             )
 
-        sig, stats = cache.series_vectors(texts, sign)
+        sig, stats = cache.series_vectors(texts, sign, cheap=True)
         self.cache_stats = stats
         logger.info(
             "step '%s' (dedup): minhash signatures of %d distinct texts: %d from the cache, "

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import xxhash
 
+from curate.errors import OperatorError
 from curate.vector_cache import VectorCache, content_keys
 
 
@@ -92,3 +93,28 @@ def test_hits_spread_over_several_parts_come_back_in_row_order(tmp_path: Path) -
     out, stats = make(tmp_path, n=1).vectors(texts, lengths)
     assert out.tolist() == lengths(texts).tolist()
     assert (stats.from_cache, stats.computed) == (4, 1)
+
+
+def test_cheap_vectors_on_a_cold_cache_compute_every_row_and_match(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def compute(texts: pl.Series) -> np.ndarray:
+        calls.append(texts.to_list())
+        return lengths(texts.to_list())
+
+    texts = pl.Series(["ab", "é", "ab", None, "xyz"])
+    cache = make(tmp_path, n=1)
+    out, stats = cache.series_vectors(texts, compute, cheap=True)
+    assert calls == [["ab", "é", "ab", "", "xyz"]]  # as they come, the repeat too
+    assert out.tolist() == lengths(["ab", "é", "ab", "", "xyz"]).tolist()
+    assert (stats.rows, stats.distinct, stats.from_cache, stats.computed) == (5, 4, 0, 4)
+    # warm: looked up like any cache, only new texts computed, repeats once
+    again, warm = cache.series_vectors(pl.Series(["xyz", "new", "new", "ab"]), compute, cheap=True)
+    assert calls[1] == ["new"]
+    assert again.tolist() == lengths(["xyz", "new", "new", "ab"]).tolist()
+    assert (warm.from_cache, warm.computed) == (2, 1)
+    # the same answers as the non-cheap path
+    plain, _ = make(tmp_path / "plain", n=1).series_vectors(texts, compute)
+    assert plain.tolist() == out.tolist()
+    with pytest.raises(OperatorError, match=r"computed vectors have shape \(1, 2\), expected"):
+        make(tmp_path / "bad").series_vectors(texts, lambda t: lengths(["x"]), cheap=True)
