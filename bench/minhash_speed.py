@@ -19,7 +19,8 @@ start and the end of the corpus part):
 3. ours, text to signatures: `curate.minhash.sign_texts` (the compiled kernels of
    curate.hash_kernels: tokens, n-grams and one-permutation MinHash with densification from the
    UTF-8 bytes), 1 and 2 threads.
-4. the dedup operator end to end: read the pool's Parquet, `Dedup(minhash on completion).run`
+4. the dedup operator end to end: read the pool (a stage folder of Parquet parts, as an earlier
+   step leaves it, read as `curate build` reads a stage), `Dedup(minhash on completion).run`
    with an empty cache folder, write kept and dropped rows as `curate build` writes a stage
    (curate.parquet_io: pyarrow, zstd); then the same with the signatures cached (a re-run with
    another threshold). It runs in --repeat rounds, each right after a run of the anchor, so
@@ -61,7 +62,7 @@ from curate.clusters import connected_components
 from curate.filters.dedup import Dedup, DedupParams
 from curate.minhash import candidate_pairs, sign_texts
 from curate.operators import StageContext
-from curate.parquet_io import PartWriter, to_arrow, write_table
+from curate.parquet_io import PartWriter, read_parts, to_arrow, write_table
 from curate.schemas.pool import POOL_SCHEMA
 from curate.text import words
 
@@ -119,10 +120,18 @@ def python_shingles(texts: list[str]) -> list[list[str]]:
     return out
 
 
+def write_pool(folder: Path, frame: pl.DataFrame) -> None:
+    """A pool as an earlier step of `curate build` leaves it: a stage folder of Parquet parts
+    (curate.parquet_io)."""
+    folder.mkdir()
+    with PartWriter(folder, metadata={}, schema=POOL_SCHEMA) as parts:
+        parts.write(frame)
+
+
 def run_operator(pool: Path, out: Path, cache: Path, **params: object) -> Dedup:
-    """Read the pool, dedup it, write the kept and dropped rows as `curate build` writes a
-    stage (curate.parquet_io: pyarrow, zstd)."""
-    frame = pl.read_parquet(pool)
+    """Read the pool as `curate build` reads a stage (curate.parquet_io.read_parts), dedup it,
+    write the kept and dropped rows as it writes a stage (curate.parquet_io: pyarrow, zstd)."""
+    frame = read_parts(pool)
     op = Dedup(
         DedupParams.model_validate(params),
         context=StageContext(stage_id="01-dedup", cache_dir=cache, workers=WORKERS),
@@ -182,14 +191,17 @@ def corpus_bench(args: argparse.Namespace, work: Path) -> None:
     started = time.perf_counter()
     warm = work / "warm"
     warm.mkdir()
-    pl.DataFrame(
-        {
-            "problem_id": ["p"] * 2000,
-            "trace_id": [f"t{i}" for i in range(2000)],
-            "completion": texts[:2000],
-        }
-    ).write_parquet(warm / "pool.parquet")
-    run_operator(warm / "pool.parquet", warm, warm / "cache", **params)
+    write_pool(
+        warm / "pool",
+        pl.DataFrame(
+            {
+                "problem_id": ["p"] * 2000,
+                "trace_id": [f"t{i}" for i in range(2000)],
+                "completion": texts[:2000],
+            }
+        ),
+    )
+    run_operator(warm / "pool", warm, warm / "cache", **params)
     first_call = time.perf_counter() - started
     ours = {
         w: best(
@@ -201,14 +213,17 @@ def corpus_bench(args: argparse.Namespace, work: Path) -> None:
         for w in (1, 2)
     }
 
-    pool = work / "pool.parquet"
-    pl.DataFrame(
-        {
-            "problem_id": [f"p{i}" for i in range(n)],
-            "trace_id": [f"t{i}" for i in range(n)],
-            "completion": texts,
-        }
-    ).write_parquet(pool)
+    pool = work / "pool"
+    write_pool(
+        pool,
+        pl.DataFrame(
+            {
+                "problem_id": [f"p{i}" for i in range(n)],
+                "trace_id": [f"t{i}" for i in range(n)],
+                "completion": texts,
+            }
+        ),
+    )
 
     def end_to_end(attempt: int) -> None:
         out = work / f"out-{attempt}"
@@ -340,7 +355,7 @@ def problems(size: int, seed: int) -> tuple[list[str], list[tuple[int, int]]]:
 
 
 def scale_child(size: int, work: Path) -> None:
-    pool, out = work / f"problems-{size}.parquet", work / f"scale-{size}"
+    pool, out = work / f"problems-{size}", work / f"scale-{size}"
     out.mkdir(exist_ok=True)
     started = time.perf_counter()
     run_operator(
@@ -377,8 +392,9 @@ def scale_bench(args: argparse.Namespace, work: Path) -> None:
     results = {}
     for size in sizes:
         texts, planted = problems(size, seed=size)
-        pl.DataFrame({"problem_id": [f"q{i}" for i in range(size)], "prompt": texts}).write_parquet(
-            work / f"problems-{size}.parquet"
+        write_pool(
+            work / f"problems-{size}",
+            pl.DataFrame({"problem_id": [f"q{i}" for i in range(size)], "prompt": texts}),
         )
         child = subprocess.run(
             [sys.executable, __file__, "--scale-child", str(size), "--work", str(work)],

@@ -3,7 +3,8 @@
 An operator that turns each text into a fixed-width vector asks `VectorCache.vectors` for the
 vectors of a column. Texts seen before, under the same `kind` and `settings` (everything that
 changes the vector: model, num_perm, shingling, seed), come from the cache; the rest are computed
-once per distinct text and appended. The cache lives in the operator's cache folder under the run
+once per distinct text (for vectors cheaper than a lookup, on a first run, once per row: see
+`series_vectors`) and appended. The cache lives in the operator's cache folder under the run
 directory (`runs/<run>/cache/<operator>/`), which survives a change of the step's params, so
 re-running a dedup with a new threshold signs and embeds nothing again.
 
